@@ -1,0 +1,111 @@
+"""Generate music from a trained run: by text, by melody (chroma), or by continuing a prompt (paper §3).
+
+    python generate.py --run runs/tiny --text "a cheerful fast tune on a plucked guitar" --out out.wav
+    python generate.py --run runs/tiny --text "sad strings" --melody tune.wav --duration 8 --seed 1
+    python generate.py --run runs/tiny --prompt start.wav --duration 8 --out continued.wav
+
+Several `--text` make a batch, written as out_0.wav, out_1.wav, ... Without `--text` the model
+generates unconditionally. Bad input gets one line on stderr and exit code 2, never a traceback.
+Durations past the training window are generated with sliding windows (see musicgen.MusicGen).
+"""
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Generate audio with a MusicGen run trained by train.py.")
+    p.add_argument("--run", default="runs/tiny", help="run directory holding codec.pt and lm.pt")
+    p.add_argument("--text", action="append", help="a description; repeat for a batch")
+    p.add_argument("--melody", help="wav whose chroma (melody) the output should follow")
+    p.add_argument("--prompt", help="wav to continue; the output starts with it")
+    p.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the training window)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same output")
+    p.add_argument("--out", default="out.wav", help="output wav (a batch adds _0, _1, ...)")
+    p.add_argument("--cfg-coef", type=float, default=3.0, help="classifier-free guidance (paper: 3)")
+    p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens (paper: 250)")
+    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling; > 0 replaces top-k")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+    return p.parse_args(argv)
+
+
+def read_input_audio(path: str, what: str):
+    import data
+    try:
+        return data.read_audio(path)  # (C, N), sample rate
+    except (data.AudioError, OSError) as error:
+        fail(f"--{what}: {error}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # ---- validate everything before loading a model ----
+    texts = args.text
+    if texts is not None and any(not t.strip() for t in texts):
+        fail("--text is empty; describe the music, or leave --text out for unconditional generation")
+    if args.duration is not None and not 0 < args.duration <= MAX_DURATION:
+        fail(f"--duration must be in (0, {MAX_DURATION:g}] seconds, got {args.duration:g}")
+    if args.top_k < 0 or not 0 <= args.top_p <= 1 or args.temperature < 0:
+        fail("--top-k must be >= 0, --top-p in [0, 1], --temperature >= 0")
+    if args.melody and args.prompt:
+        fail("use --melody or --prompt, not both")
+    run = Path(args.run)
+    for name in ("codec.pt", "lm.pt"):
+        if not (run / name).is_file():
+            fail(f"{run / name} not found: is --run a directory written by `python train.py`?")
+    melody = read_input_audio(args.melody, "melody") if args.melody else None
+    prompt = read_input_audio(args.prompt, "prompt") if args.prompt else None
+
+    from musicgen import MusicGen
+    try:
+        model = MusicGen.load(run)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
+        fail(f"cannot load the run in {run}: {error}")
+    model.set_generation_params(duration=args.duration, use_sampling=args.temperature > 0, top_k=args.top_k,
+                                top_p=args.top_p, temperature=max(args.temperature, 1e-6),
+                                cfg_coef=args.cfg_coef)
+    # Unknown words become <unk>: a warning, one line each, and generation goes on.
+    warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
+
+    torch.manual_seed(args.seed)
+    if melody is not None:
+        wav, rate = melody
+        chroma = model.lm.chroma
+        if wav.shape[-1] * model.sample_rate / rate < chroma.hop_length:
+            fail(f"--melody {args.melody} is shorter than one chroma frame "
+                 f"({chroma.hop_length / model.sample_rate:.3f} s)")
+        descriptions = texts or [""]
+        audio = model.generate_with_chroma(descriptions, wav[None].expand(len(descriptions), -1, -1), rate)
+    elif prompt is not None:
+        wav, rate = prompt
+        if wav.shape[-1] * model.sample_rate / rate < model.codec.hop_length:
+            fail(f"--prompt {args.prompt} is shorter than one codec frame")
+        descriptions = texts or [""]
+        audio = model.generate_continuation(wav[None].expand(len(descriptions), -1, -1), rate, descriptions)
+    elif texts:
+        audio = model.generate(texts)
+    else:
+        audio = model.generate_unconditional(1)
+
+    # ---- write ----
+    import data
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if audio.shape[0] == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(audio.shape[0])]
+    for path, wav in zip(paths, audio):
+        data.write_audio(path, wav.cpu(), model.sample_rate)
+        print(f"wrote {path} ({wav.shape[-1] / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
+
+
+if __name__ == "__main__":
+    main()
