@@ -1,0 +1,305 @@
+"""The causal transformer decoder of MusicGen (paper §2.3), with cross-attention and a KV cache.
+
+The LM sums the K codebook embeddings of each pattern step into one vector and runs a plain
+autoregressive transformer decoder over the S steps (§2.3). Each of its L layers is *pre-norm*
+(LayerNorm before each sub-layer, the residual stream left untouched):
+
+    x = x + SelfAttention(LN(x))                    causal: step s sees steps <= s only
+    x = x + CrossAttention(LN(x), condition)        text conditioning (§2.4), with its padding mask
+    x = x + FFN(LN(x)),  FFN(h) = W_2 GELU(W_1 h)   no biases anywhere
+    output = LN(x)                                  a final LayerNorm
+
+Positions are sinusoidal (max_period 10000, §2.3) and are *added* to the input at absolute position
+offset + i, so that cached step-by-step decoding, prompt continuation and sliding windows all give
+each step the position it would have had in one full pass.
+
+Shape letters: B batch, S sequence steps (queries), L condition length, D model width (`dim`),
+H heads, Dh = D / H head width; "Sk" is the number of keys (cached + new).
+
+Data flow: (B, S, D) summed embeddings of musicgen.py ──Transformer(cross-attends to the text
+(B, L, D))──▶ (B, S, D) ──K linear heads in musicgen.py──▶ logits.
+
+Deviations: the reference (audiocraft) has bias-free linear layers but LayerNorms with a bias; we drop
+the LayerNorm bias too so that the model is literally bias-free.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Which attention kernel to run: "sdpa" (torch's fused F.scaled_dot_product_attention, fast) or
+# "manual" (the equation written out below, to read). tests/test_transformer.py shows they agree.
+ATTENTION = "sdpa"
+
+
+def sinusoidal_positions(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal position embeddings (Vaswani et al., 2017, §3.5; MusicGen §2.3).
+
+        PE(p)[i]         = cos(p / max_period^(i / (D/2)))     for i = 0 .. D/2 - 1
+        PE(p)[D/2 + i]   = sin(p / max_period^(i / (D/2)))
+
+    (cos half then sin half, as in audiocraft, rather than Vaswani's interleaving: a permutation of
+    the same features, which a learned projection does not care about.)
+
+    Args:
+        positions: (S,) or (B, S) integer or float absolute positions.
+        dim: D, even.
+    Returns:
+        (S, D) or (B, S, D) float32.
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even for sin/cos pairs, got {dim}")
+    half = dim // 2
+    frequencies = max_period ** (-torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    phase = positions.to(torch.float32)[..., None] * frequencies  # (..., S) -> (..., S, D/2)
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)  # (..., S, D/2) -> (..., S, D)
+
+
+def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
+    """(Sq, Sk) bool, True = may attend. The queries are the *last* Sq of the Sk steps (the first
+    Sk - Sq are already in the KV cache), so query i sits at step i + Sk - Sq and sees keys up to it."""
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
+
+
+def attention(q, k, v, mask=None, is_causal=False, impl=None):
+    """Scaled dot-product attention, per head.
+
+    Args:
+        q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh).
+        mask: bool, broadcastable to (B, H, Sq, Sk), True = may attend; or None (attend to all).
+        is_causal: square causal attention (Sq == Sk, query i sees keys <= i); only without `mask`.
+        impl: "sdpa" or "manual"; None reads the module-level switch ATTENTION.
+    Returns:
+        (B, H, Sq, Dh). A query row with no key to attend to returns exactly zeros.
+    """
+    impl = ATTENTION if impl is None else impl
+    if is_causal:
+        if mask is not None or q.shape[2] != k.shape[2]:
+            raise ValueError("is_causal is for square attention without a mask; pass causal_mask() instead")
+    has_key = None
+    if mask is not None:
+        # Pitfall (reported in a popular port): a row whose keys are *all* masked - the null condition
+        # of classifier-free guidance, an empty description - is softmax over all -inf = 0/0 = NaN in
+        # the naive code, and in SDPA too on older torch versions and some backends (recent CPU kernels
+        # return zeros; we do not rely on it). Through the gradients that NaN then spreads to every
+        # weight. The right answer is "nothing to attend to, contribute nothing". So such rows are
+        # allowed to attend to every key (finite, meaningless weights) and their output is zeroed below:
+        # the value is exactly 0 and no NaN ever exists, neither forward nor backward.
+        has_key = mask.any(dim=-1, keepdim=True)  # (.., Sq, Sk) -> (.., Sq, 1)
+        mask = mask | ~has_key
+    if impl == "sdpa":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    elif impl == "manual":
+        # Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + M) V      (Vaswani et al., 2017, eq. 1)
+        # with M = 0 where attending is allowed and -inf where not.
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Sq, Dh) @ (B, H, Dh, Sk) -> (B, H, Sq, Sk)
+        if is_causal:
+            mask = causal_mask(q.shape[2], k.shape[2], q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = scores.softmax(dim=-1) @ v  # (B, H, Sq, Sk) @ (B, H, Sk, Dh) -> (B, H, Sq, Dh)
+    else:
+        raise ValueError(f"attention impl must be 'sdpa' or 'manual', got {impl!r}")
+    if has_key is not None:
+        out = out.masked_fill(~has_key, 0.0)  # rows with no valid key contribute exactly nothing
+    return out
+
+
+class MultiHeadAttention(nn.Module):
+    """Projections around `attention`: Q from the queries' stream, K/V from a source (itself or the
+    condition), H heads of width Dh = D / H, an output projection. No biases."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def split_heads(self, x):
+        B, S, D = x.shape
+        return x.view(B, S, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
+
+    def keys_values(self, source):
+        """source (B, Sk, D) -> keys, values, each (B, H, Sk, Dh): what a KV cache stores."""
+        return self.split_heads(self.to_k(source)), self.split_heads(self.to_v(source))
+
+    def forward(self, x, keys, values, mask=None, is_causal=False):
+        """x (B, S, D) attends to keys/values (B, H, Sk, Dh) -> (B, S, D)."""
+        B, S, D = x.shape
+        out = attention(self.split_heads(self.to_q(x)), keys, values, mask, is_causal)  # (B, H, S, Dh)
+        return self.to_out(out.transpose(1, 2).reshape(B, S, D))  # (B, H, S, Dh) -> (B, S, D)
+
+
+@dataclass
+class LayerCache:
+    """What one layer keeps between decoding steps."""
+    keys: torch.Tensor = None          # (B, H, S_cached, Dh) self-attention keys of all past steps
+    values: torch.Tensor = None        # (B, H, S_cached, Dh)
+    cross_keys: torch.Tensor = None    # (B, H, L, Dh) from the condition, computed on the first call
+    cross_values: torch.Tensor = None  # (B, H, L, Dh)
+    cross_mask: torch.Tensor = None    # (B, 1, 1, L) bool or None
+
+
+class KVCache:
+    """Per-layer keys/values of the steps already processed, so each new step costs O(S), not O(S^2).
+
+    Self-attention K/V grow by the new steps at each call; the cross-attention K/V depend only on the
+    condition, so they are computed once on the first call and reused. `start` is the absolute position
+    of the first cached step; a call without an explicit offset continues at `start + length`.
+    """
+
+    def __init__(self):
+        self.layers: list = []  # one LayerCache per transformer layer, created on the first call
+        self.start = 0
+
+    @property
+    def length(self) -> int:
+        """Number of steps held (0 before the first call)."""
+        if not self.layers or self.layers[0].keys is None:
+            return 0
+        return self.layers[0].keys.shape[2]
+
+    def crop(self, n: int):
+        """Keep only the first n cached steps (e.g. to re-run a suffix); the condition's K/V stay."""
+        for layer in self.layers:
+            if layer.keys is not None:
+                layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
+
+    def reset(self):
+        """Forget everything, condition included (e.g. before a new sliding window)."""
+        self.layers, self.start = [], 0
+
+
+class DecoderBlock(nn.Module):
+    """One pre-norm layer: causal self-attention, optional cross-attention, GELU FFN (§2.3)."""
+
+    def __init__(self, dim, n_heads, ffn_dim, cross_attention=True, causal=True, dropout=0.0):
+        super().__init__()
+        self.causal = causal
+        self.norm_self = nn.LayerNorm(dim, bias=False)
+        self.self_attention = MultiHeadAttention(dim, n_heads)
+        self.norm_cross = nn.LayerNorm(dim, bias=False) if cross_attention else None
+        self.cross_attention = MultiHeadAttention(dim, n_heads) if cross_attention else None
+        self.norm_ffn = nn.LayerNorm(dim, bias=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim, bias=False), nn.GELU(), nn.Linear(ffn_dim, dim, bias=False))
+        self.dropout = nn.Dropout(dropout)  # on each residual branch; 0 by default
+
+    def forward(self, x, condition=None, condition_mask=None, padding_mask=None, layer_cache=None):
+        """x (B, S, D); condition (B, L, D) | None; condition_mask (B, L) bool | None;
+        padding_mask (B, Sk) bool over the self-attention keys | None; layer_cache | None -> (B, S, D)."""
+        # ---- self-attention over the past (and, with a cache, over the cached past) ----
+        h = self.norm_self(x)
+        keys, values = self.self_attention.keys_values(h)  # (B, S, D) -> 2 x (B, H, S, Dh)
+        if layer_cache is not None:
+            if layer_cache.keys is not None:
+                keys = torch.cat([layer_cache.keys, keys], dim=2)  # (B, H, S_cached + S, Dh)
+                values = torch.cat([layer_cache.values, values], dim=2)
+            layer_cache.keys, layer_cache.values = keys, values
+        n_queries, n_keys = x.shape[1], keys.shape[2]
+        mask, is_causal = None, False
+        if self.causal and n_queries > 1:  # a single new step may see every cached step: no mask
+            if n_queries == n_keys and padding_mask is None:
+                is_causal = True  # lets SDPA use its fused causal kernel
+            else:
+                mask = causal_mask(n_queries, n_keys, x.device)  # (S, Sk)
+        if padding_mask is not None:
+            key_mask = padding_mask[:, None, None, :]  # (B, Sk) -> (B, 1, 1, Sk)
+            mask = key_mask if mask is None else mask & key_mask
+        x = x + self.dropout(self.self_attention(h, keys, values, mask, is_causal))
+
+        # ---- cross-attention to the condition (text, §2.4) ----
+        if self.cross_attention is not None:
+            if layer_cache is not None and layer_cache.cross_keys is not None:  # computed on the first call
+                cross_keys, cross_values = layer_cache.cross_keys, layer_cache.cross_values
+                cross_mask = layer_cache.cross_mask
+            elif condition is not None:
+                cross_keys, cross_values = self.cross_attention.keys_values(condition)  # (B, L, D) -> 2 x (B, H, L, Dh)
+                # (B, L) -> (B, 1, 1, L): one key mask shared by all heads and queries
+                cross_mask = None if condition_mask is None else condition_mask[:, None, None, :]
+                if layer_cache is not None:
+                    layer_cache.cross_keys, layer_cache.cross_values = cross_keys, cross_values
+                    layer_cache.cross_mask = cross_mask
+            else:
+                cross_keys = None  # no condition at all: the sub-layer is skipped (the same as all-masked)
+            if cross_keys is not None:
+                # A fully masked condition row attends to nothing and adds exactly 0 (see `attention`).
+                x = x + self.dropout(self.cross_attention(self.norm_cross(x), cross_keys, cross_values, cross_mask))
+
+        # ---- position-wise feed-forward ----
+        return x + self.dropout(self.ffn(self.norm_ffn(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of pre-norm decoder blocks with sinusoidal positions and a final LayerNorm (§2.3).
+
+    Args:
+        dim: D, model width (paper, small: 1024).
+        n_layers: number of blocks (paper, small: 24).
+        n_heads: H (paper, small: 16).
+        ffn_dim: hidden width of the FFN (paper, small: 4096).
+        cross_attention: whether blocks cross-attend to a condition sequence (text).
+        causal: step s attends to steps <= s only (False: e.g. for a text encoder).
+        dropout: probability on the residual branches; 0 by default (no dropout).
+    """
+
+    def __init__(self, dim, n_layers, n_heads, ffn_dim, cross_attention=True, causal=True, dropout=0.0):
+        super().__init__()
+        self.dim = dim
+        self.has_cross_attention = cross_attention
+        self.blocks = nn.ModuleList(DecoderBlock(dim, n_heads, ffn_dim, cross_attention, causal, dropout)
+                                    for _ in range(n_layers))
+        self.norm_out = nn.LayerNorm(dim, bias=False)
+
+    def forward(self, x, condition=None, condition_mask=None, cache=None, offset=None, padding_mask=None):
+        """Run the decoder on new steps.
+
+        Args:
+            x: (B, S, D) input vectors of the new steps (positions are added here).
+            condition: (B, L, D) sequence to cross-attend to, or None. With a cache it is only read on
+                the first call (its K/V are then cached); later calls may pass it again or omit it.
+            condition_mask: (B, L) bool, True = real token; None = all real. An all-False row (the
+                null condition) makes cross-attention a no-op for that batch item.
+            cache: KVCache for step-by-step decoding, or None for a full pass.
+            offset: absolute position of x[:, 0]; default: where the cache left off (0 without one).
+            padding_mask: (B, Sk) bool over the self-attention keys (cached + new), True = real; for
+                padded batches (e.g. a text encoder). None = all real.
+        Returns:
+            (B, S, D).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be (B, S, D={self.dim}), got {tuple(x.shape)}")
+        B, S, D = x.shape
+        if condition is not None:
+            if not self.has_cross_attention:
+                raise ValueError("a condition was given but this Transformer has no cross-attention")
+            if condition.dim() != 3 or condition.shape[0] != B or condition.shape[2] != D:
+                raise ValueError(f"condition must be (B={B}, L, D={D}), got {tuple(condition.shape)}")
+            if condition_mask is not None and tuple(condition_mask.shape) != tuple(condition.shape[:2]):
+                raise ValueError(f"condition_mask must be (B, L)={tuple(condition.shape[:2])}, "
+                                 f"got {tuple(condition_mask.shape)}")
+        if condition_mask is not None:
+            condition_mask = condition_mask.bool()
+        if padding_mask is not None:
+            padding_mask = padding_mask.bool()
+        if cache is not None:
+            if not cache.layers:
+                cache.layers = [LayerCache() for _ in self.blocks]
+            if len(cache.layers) != len(self.blocks):
+                raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+            if offset is None:
+                offset = cache.start + cache.length  # continue the positions where the cache stopped
+            if cache.length == 0:
+                cache.start = offset
+        offset = 0 if offset is None else offset
+        # Absolute position of new step i is offset + i: the same position it has in one full pass.
+        positions = torch.arange(offset, offset + S, device=x.device)
+        x = x + sinusoidal_positions(positions, D).to(x.dtype)  # (S, D) broadcast over B
+        for i, block in enumerate(self.blocks):
+            x = block(x, condition, condition_mask, padding_mask, None if cache is None else cache.layers[i])
+        return self.norm_out(x)
