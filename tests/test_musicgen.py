@@ -1,0 +1,171 @@
+"""The LM and its sampler (musicgen.py): loss, CFG, sampling, KV cache, prompts, reproducibility."""
+import math
+
+import pytest
+import torch
+
+from musicgen import LMConfig, MusicLM, generate_codes, paper_config, sample_next_tokens
+from transformer import Transformer
+
+CARD = 16  # a tiny codebook keeps the tests fast
+
+
+def tiny_lm(pattern="delay", seed=0):
+    torch.manual_seed(seed)
+    cfg = LMConfig(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2, n_heads=2,
+                   ffn_dim=64, pattern=pattern, window_seconds=1.0, text_vocab_size=12, text_dim=16,
+                   text_layers=1, text_heads=2)
+    return MusicLM(cfg).eval()
+
+
+def conditions(lm, B=2, null=False):
+    """Encoded text (B, L, D), its mask, and a one-hot chroma (B, F, 12)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, 12, (B, 5), generator=g)
+    mask = torch.ones(B, 5, dtype=torch.bool)
+    if null:
+        mask[:] = False
+    text, text_mask = lm.encode_text(ids, mask)
+    chroma = torch.zeros(B, lm.melody_frames, 12)
+    if not null:
+        chroma[torch.arange(B)[:, None], torch.arange(lm.melody_frames), torch.randint(0, 12, (B, lm.melody_frames), generator=g)] = 1
+    return text, text_mask, chroma
+
+
+def random_codes(B, T, seed=0):
+    return torch.randint(0, CARD, (B, 4, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("pattern", ["delay", "flatten", "vall-e"])
+def test_loss_at_initialisation_is_near_ln_codebook_size(pattern):
+    lm = tiny_lm(pattern)
+    text, mask, chroma = conditions(lm)
+    loss, per_codebook = lm.compute_loss(random_codes(2, 25), text, mask, chroma)
+    assert per_codebook.shape == (4,)
+    assert abs(loss.item() - math.log(CARD)) < 0.15 * math.log(CARD)
+
+
+def test_loss_ignores_special_positions():
+    """Output steps whose next step holds a special token for codebook k get no gradient in head k."""
+    lm = tiny_lm("delay")
+    text, mask, chroma = conditions(lm)
+    head_outputs = []
+
+    def keep_output(module, inputs, output):
+        output.retain_grad()
+        head_outputs.append(output)
+
+    for head in lm.heads:
+        head.register_forward_hook(keep_output)
+    T = 10
+    loss, _ = lm.compute_loss(random_codes(2, T), text, mask, chroma)
+    loss.backward()
+    _, real = lm.pattern.build(random_codes(1, T), lm.special)  # (K, S): True where step s holds a real token
+    for k, output in enumerate(head_outputs):
+        grad_norm = output.grad.abs().sum(dim=(0, 2))  # (B, S, card) -> (S,)
+        predicts_real = torch.zeros_like(real[k])
+        predicts_real[:-1] = real[k][1:]  # output at step s predicts step s+1
+        assert (grad_norm[~predicts_real] == 0).all()
+        assert (grad_norm[predicts_real] > 0).all()
+
+
+def test_null_condition_gives_finite_logits():
+    lm = tiny_lm()
+    text, mask, chroma = conditions(lm, null=True)
+    assert not mask.any() and chroma.abs().sum() == 0
+    sequence, _ = lm.pattern.build(random_codes(2, 8), lm.special)
+    logits = lm(sequence, text, mask, prefix=lm.melody_prefix(chroma))
+    assert torch.isfinite(logits).all()
+    codes = generate_codes(lm, text, mask, chroma, n_frames=6, cfg_coef=3.0,
+                           generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, 4, 6) and codes.min() >= 0 and codes.max() < CARD
+
+
+def test_cfg_coef_one_equals_conditional_sampling():
+    lm = tiny_lm()
+    text, mask, chroma = conditions(lm)
+    kwargs = dict(n_frames=12, top_k=0, temperature=1.0)
+    with_cfg = generate_codes(lm, text, mask, chroma, cfg_coef=1.0, generator=torch.Generator().manual_seed(3), **kwargs)
+    plain = generate_codes(lm, text, mask, chroma, cfg_coef=None, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert torch.equal(with_cfg, plain)
+    guided = generate_codes(lm, text, mask, chroma, cfg_coef=3.0, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert not torch.equal(guided, plain)  # the guidance does change something
+
+
+def test_top_k_one_equals_greedy():
+    logits = torch.randn(3, 4, CARD)
+    greedy = sample_next_tokens(logits, use_sampling=False)
+    top1 = sample_next_tokens(logits, use_sampling=True, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy, top1) and torch.equal(greedy, logits.argmax(-1))
+
+
+def test_top_p_keeps_the_nucleus_only():
+    # probabilities 0.5, 0.3, 0.2: top-p 0.6 keeps the first two, never samples the third.
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2]))[None, None].expand(1, 2000, 3)
+    tokens = sample_next_tokens(logits, top_p=0.6, generator=torch.Generator().manual_seed(0))
+    assert set(tokens.unique().tolist()) == {0, 1}
+    assert abs((tokens == 0).float().mean().item() - 0.5 / 0.8) < 0.04
+
+
+def test_same_seed_same_codes_with_and_without_cache():
+    lm = tiny_lm()
+    text, mask, chroma = conditions(lm)
+    runs = [generate_codes(lm, text, mask, chroma, n_frames=20, cfg_coef=3.0, top_k=8, use_cache=use_cache,
+                           generator=torch.Generator().manual_seed(7)) for use_cache in (True, True, False)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    other = generate_codes(lm, text, mask, chroma, n_frames=20, cfg_coef=3.0, top_k=8,
+                           generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(runs[0], other)
+
+
+@pytest.mark.parametrize("pattern", ["delay", "parallel", "flatten", "partial-flatten", "vall-e", "partial-delay"])
+def test_prompt_is_kept_and_continuation_matches_one_pass(pattern):
+    """Greedy decoding is deterministic, so continuing the first frames of a greedy run must give the
+    whole run back: this holds only if the prompt is kept verbatim and the continuation's tokens get
+    the positions they had in the single pass."""
+    lm = tiny_lm(pattern)
+    text, mask, chroma = conditions(lm)
+    full = generate_codes(lm, text, mask, chroma, n_frames=15, use_sampling=False, cfg_coef=3.0)
+    prompt = full[..., :6].clone()
+    for use_cache in (True, False):
+        continued = generate_codes(lm, text, mask, chroma, n_frames=15, prompt=prompt, use_sampling=False,
+                                   cfg_coef=3.0, use_cache=use_cache)
+        assert torch.equal(continued[..., :6], prompt)
+        assert torch.equal(continued, full)
+    # A different prompt is kept verbatim too (the sampler never overwrites it).
+    other = (prompt + 1) % CARD
+    continued = generate_codes(lm, text, mask, chroma, n_frames=15, prompt=other, use_sampling=False)
+    assert torch.equal(continued[..., :6], other)
+
+
+def test_tiny_lm_overfits_one_batch():
+    lm = tiny_lm().train()
+    text_ids = torch.randint(2, 12, (4, 5), generator=torch.Generator().manual_seed(0))
+    codes = random_codes(4, 12, seed=5)
+    chroma = torch.zeros(4, lm.melody_frames, 12)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(150):
+        text, mask = lm.encode_text(text_ids, torch.ones(4, 5, dtype=torch.bool))
+        loss, _ = lm.compute_loss(codes, text, mask, chroma)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], losses[::25]
+
+
+def test_paper_config_decoder_size():
+    """MusicGen-small's decoder: 24 blocks of (self-attention 4D² + cross-attention 4D² + FFN 2·D·4D), plus
+    K input embeddings of (2048 + 1) rows and K output heads; built on the meta device (no memory)."""
+    cfg = paper_config()
+    D, ffn = cfg.dim, cfg.ffn_dim
+    assert (cfg.dim, cfg.n_layers, cfg.n_heads, ffn) == (1024, 24, 16, 4096)
+    with torch.device("meta"):
+        decoder = Transformer(D, cfg.n_layers, cfg.n_heads, ffn, cross_attention=True)
+    n_decoder = sum(p.numel() for p in decoder.parameters())
+    per_block = 4 * D * D + 4 * D * D + 2 * D * ffn + 3 * D  # + three LayerNorm weights (no biases)
+    assert n_decoder == cfg.n_layers * per_block + D  # + the final LayerNorm
+    n_tokens = cfg.n_q * (cfg.codebook_size + 1) * D + cfg.n_q * D * cfg.codebook_size
+    assert 400e6 < n_decoder + n_tokens < 430e6  # our count; the paper rounds this model to "300M"
+    assert cfg.frame_rate * 30 == 1500  # 30 s training windows of 50 Hz frames
