@@ -37,25 +37,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+from encodec import mel_filterbank
+from rvq import perplexity
 
 PROBE_RATE = 16000  # the probe works at the toy sample rate; other audio is resampled first
 PROBE_VERSION = 1  # bump when the features change: a saved probe.pt of another version is retrained
 
 
 # ==== the probe's features (hand-made, one idea per line) =============================================
-def mel_filterbank(n_fft, n_mels, sample_rate, f_min=40.0, f_max=None):
-    """Triangular filters equally spaced on the mel scale m(f) = 2595 log10(1 + f / 700): (n_mels, n_fft//2+1)."""
-    f_max = sample_rate / 2 if f_max is None else f_max
-    mel = lambda f: 2595 * torch.log10(1 + torch.as_tensor(f, dtype=torch.float64) / 700)
-    edges_mel = torch.linspace(float(mel(f_min)), float(mel(f_max)), n_mels + 2, dtype=torch.float64)
-    edges = 700 * (10 ** (edges_mel / 2595) - 1)  # (n_mels + 2,) band edges in Hz
-    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # FFT bin centres
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rise = (freqs - lower) / (centre - lower)
-    fall = (upper - freqs) / (upper - centre)
-    return rise.minimum(fall).clamp(min=0).float()  # (n_mels, n_freqs)
-
-
 def probe_features(wav, sample_rate=PROBE_RATE):
     """Hand-made descriptors of a clip, one group per attribute the probe must hear.
 
@@ -330,18 +319,6 @@ def mel_distance(reference, estimate, sample_rate):
     return float((log_mel(reference) - log_mel(estimate)).abs().mean())
 
 
-def codebook_perplexity(codes, codebook_size):
-    """exp(entropy) of each codebook's token histogram: how many entries are effectively used
-    (codebook_size = uniform use, 1 = collapse). codes (B, K, T) -> list of K floats."""
-    B, K, T = codes.shape
-    result = []
-    for k in range(K):
-        counts = torch.bincount(codes[:, k].flatten(), minlength=codebook_size).double()
-        p = counts / counts.sum()
-        result.append(float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())))
-    return result
-
-
 @torch.no_grad()
 def codec_metrics(codec, clips, batch_size=16):
     """Held-out clips through the trained codec: mel distance, SI-SNR (dB), bitrate (kbps), perplexity.
@@ -353,7 +330,7 @@ def codec_metrics(codec, clips, batch_size=16):
     # Bitrate: each frame sends n_q indices of log2(codebook_size) bits (paper: 4 × 11 bits × 50 Hz = 2.2 kbps).
     bitrate = codec.n_q * math.log2(codec.codebook_size) * codec.frame_rate / 1000
     return dict(mel_distance=mel_distance(wav, recon, codec.sample_rate), si_snr_db=float(si_snr(wav, recon).mean()),
-                bitrate_kbps=bitrate, perplexity=codebook_perplexity(codes, codec.codebook_size)), recon
+                bitrate_kbps=bitrate, perplexity=perplexity(codes, codec.codebook_size)), recon
 
 
 # ==== scoring generated audio with the probe ==========================================================

@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 import data
 from conditioners import ConditionDropout, Tokenizer, word_dropout
-from encodec import EncodecConfig, EncodecModel
+from encodec import (EncodecConfig, EncodecModel, MSSTFTDiscriminator, MultiScaleMelLoss, discriminator_hinge_loss,
+                     feature_matching_loss, generator_adversarial_loss)
+from rvq import perplexity
 from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
 
 
@@ -30,8 +32,10 @@ class Preset:
     """Training budgets. `tiny` fits the 10-minute CPU budget; `long` trades time for quality."""
     n_clips: int = 1000           # toy clips generated when --data is missing (paper: 20k hours)
     codec_steps: int = 1500       # (EnCodec: 300k steps on GPUs)
-    codec_batch: int = 16
-    codec_lr: float = 1e-3
+    codec_batch: int = 16         # (EnCodec: 64 crops of 1 s)
+    codec_lr: float = 1e-3        # Adam, betas (0.5, 0.9) as EnCodec (which uses 3e-4)
+    codec_crop_seconds: float = 1.0
+    codec: EncodecConfig = None   # the codec's size (defaults to EncodecConfig())
     lm_steps: int = 2000          # (paper: 1M steps)
     lm_batch: int = 16            # (paper: 192 × 30 s)
     lm_lr: float = 1e-3           # (paper: 1e-4 at D = 1024; tiny models take larger steps)
@@ -40,8 +44,8 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(lm=LMConfig()),
-    "long": Preset(n_clips=2000, codec_steps=6000, lm_steps=10000, lm=LMConfig(dim=384, n_layers=6, n_heads=6,
+    "tiny": Preset(lm=LMConfig(), codec=EncodecConfig()),
+    "long": Preset(n_clips=2000, codec_steps=6000, codec=EncodecConfig(n_filters=16, dimension=128), lm_steps=10000, lm=LMConfig(dim=384, n_layers=6, n_heads=6,
                                                                                  ffn_dim=1536)),
 }
 
@@ -62,6 +66,153 @@ def cosine_lr(step: int, max_steps: int, warmup: int, lr: float) -> float:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, max_steps - warmup)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ==== stage 1: the codec ===============================================================================
+def codec_batch(wavs, indices, crop, generator):
+    """Random crops of `crop` samples from the clips `indices` (zero-padded if shorter): (B, 1, crop)."""
+    batch = []
+    for i in indices.tolist():
+        wav = wavs[i]
+        start = int(torch.randint(0, max(1, wav.shape[-1] - crop + 1), (1,), generator=generator))
+        piece = wav[:, start:start + crop]
+        batch.append(torch.nn.functional.pad(piece, (0, crop - piece.shape[-1])))
+    return torch.stack(batch)
+
+
+@torch.no_grad()
+def evaluate_codec(codec, wavs, batch_size=16):
+    """Held-out reconstruction: mel distance, SI-SNR (dB), per-codebook perplexity, and the mel distance
+    decoding with only the first k codebooks, k = 1..K (each added codebook should lower it)."""
+    from evaluate import mel_distance, si_snr
+    was_training = codec.training
+    codec.eval()
+    wav = torch.stack(wavs)  # (B, 1, N), held-out clips all have the dataset's clip length
+    device = next(codec.parameters()).device
+    codes = torch.cat([codec.encode(wav[i:i + batch_size].to(device)) for i in range(0, len(wav), batch_size)])
+    result = dict(perplexity=perplexity(codes, codec.codebook_size), mel_distance_per_n_q=[])
+    for k in range(1, codec.n_q + 1):
+        recon = torch.cat([codec.decode(codes[i:i + batch_size, :k]) for i in range(0, len(codes), batch_size)])
+        recon = recon[..., :wav.shape[-1]].cpu()  # (B, 1, T·hop) -> (B, 1, N)
+        result["mel_distance_per_n_q"].append(mel_distance(wav, recon, codec.sample_rate))
+    result["mel_distance"] = result["mel_distance_per_n_q"][-1]
+    result["si_snr_db"] = float(si_snr(wav, recon).mean())
+    codec.train(was_training)
+    return result, recon
+
+
+def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, device="cpu", resume=False,
+                eval_every=500, n_valid=32):
+    """Stage 1: train the codec of `preset` on the clips of `data_dir`; writes `out_dir/codec.pt` and a
+    few reconstructions in `out_dir/codec_samples/`. Returns a summary dict of held-out metrics."""
+    # ---- setup ----
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "codec.pt"
+    max_steps = preset.codec_steps if max_steps is None else max_steps
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume and ckpt_path.exists() else None
+    cfg = EncodecConfig(**ckpt["config"]) if ckpt is not None else preset.codec
+
+    # ---- data: raw clips in memory; random crops of whole frames ----
+    clips = data.load_clips(data_dir, cfg.sample_rate)
+    train_wavs = [c.wav for c in clips if c.split == "train"]
+    valid_wavs = [c.wav for c in clips if c.split != "train"][:n_valid] or train_wavs[:n_valid]
+    n = min(w.shape[-1] for w in valid_wavs)
+    valid_wavs = [w[:, :n] for w in valid_wavs]
+    if not train_wavs:
+        raise SystemExit(f"error: no training clip in {data_dir}")
+    crop = max(1, round(preset.codec_crop_seconds * cfg.frame_rate)) * cfg.hop_length
+
+    # ---- model, losses, optimizers (EnCodec: Adam, betas (0.5, 0.9)) ----
+    codec = EncodecModel(cfg).to(device)
+    mel_loss = MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales).to(device)
+    optimizer = torch.optim.Adam(codec.parameters(), lr=preset.codec_lr, betas=(0.5, 0.9))
+    disc = disc_optimizer = None
+    if cfg.adversarial:
+        disc = MSSTFTDiscriminator(cfg.disc_scales, cfg.disc_filters).to(device)
+        disc_optimizer = torch.optim.Adam(disc.parameters(), lr=preset.codec_lr, betas=(0.5, 0.9))
+    print(f"codec: {sum(p.numel() for p in codec.parameters()) / 1e6:.2f}M parameters, hop {cfg.hop_length} "
+          f"({cfg.frame_rate:g} Hz), {cfg.n_q} × {cfg.codebook_size} codes = "
+          f"{codec.quantizer.bitrate(cfg.frame_rate) / 1000:.2f} kbps, adversarial {'on' if disc else 'off'}, "
+          f"{len(train_wavs)} train / {len(valid_wavs)} held-out clips")
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    if ckpt is not None:  # weights (incl. the EMA codebooks), optimizers and both RNGs: an exact resume
+        codec.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if disc is not None:
+            disc.load_state_dict(ckpt["discriminator"])
+            disc_optimizer.load_state_dict(ckpt["disc_optimizer"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["rng"])
+        step = ckpt["step"]
+        print(f"resumed the codec from {ckpt_path} at step {step}")
+
+    def save(step):
+        extra = dict(optimizer=optimizer.state_dict(), generator=generator.get_state(), rng=torch.get_rng_state())
+        if disc is not None:
+            extra.update(discriminator=disc.state_dict(), disc_optimizer=disc_optimizer.state_dict())
+        codec.save(ckpt_path, step=step, **extra)
+
+    # ---- loop ----
+    codec.train()
+    bar = tqdm(total=max_steps, initial=step, desc="codec", dynamic_ncols=True)
+    started = time.time()
+    valid = None
+    try:
+        while step < max_steps:
+            lr = cosine_lr(step, max_steps, 50, preset.codec_lr)
+            for group in optimizer.param_groups + (disc_optimizer.param_groups if disc else []):
+                group["lr"] = lr
+            ids = torch.randint(0, len(train_wavs), (preset.codec_batch,), generator=generator)
+            wav = codec_batch(train_wavs, ids, crop, generator).to(device)  # (B, 1, crop)
+            recon, codes, commitment = codec(wav)                            # (B, 1, crop), (B, k, T)
+            # Reconstruction (EnCodec §3.4): time-domain L1 + multi-scale mel, + RVQ commitment.
+            l1, mel = (recon - wav).abs().mean(), mel_loss(wav, recon)
+            loss = cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.commitment_weight * commitment
+            if disc is not None:
+                # Generator side: fool every scale of the discriminator, match its features on real audio.
+                real_outputs, fake_outputs = disc(wav), disc(recon)
+                loss = loss + cfg.adversarial_weight * generator_adversarial_loss(fake_outputs) \
+                    + cfg.feature_weight * feature_matching_loss(real_outputs, fake_outputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if disc is not None:
+                # Discriminator side: hinge loss on real vs (detached) reconstructions.
+                d_loss = discriminator_hinge_loss(disc(wav), disc(recon.detach()))
+                disc_optimizer.zero_grad(set_to_none=True)
+                d_loss.backward()
+                disc_optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", mel=f"{mel.item():.3f}", n_q=codes.shape[1],
+                            usage="/".join(f"{p:.0f}" for p in perplexity(codes, cfg.codebook_size)))
+            if step % eval_every == 0 or step == max_steps:
+                valid, _ = evaluate_codec(codec, valid_wavs)
+                tqdm.write(f"step {step}: held-out mel distance {valid['mel_distance']:.3f} "
+                           f"(1..K codebooks: {' / '.join(f'{m:.3f}' for m in valid['mel_distance_per_n_q'])}), "
+                           f"SI-SNR {valid['si_snr_db']:.1f} dB, perplexity "
+                           f"{' / '.join(f'{p:.0f}' for p in valid['perplexity'])} of {cfg.codebook_size}")
+                save(step)
+    except KeyboardInterrupt:
+        tqdm.write(f"interrupted: saving the codec at step {step} to {ckpt_path} (continue with --resume)")
+        save(step)
+        raise
+    bar.close()
+    save(step)
+    seconds = time.time() - started
+    valid, recon = evaluate_codec(codec, valid_wavs)
+    # A few reconstructions to listen to, next to the checkpoint.
+    samples = out / "codec_samples"
+    samples.mkdir(exist_ok=True)
+    for i in range(min(3, len(valid_wavs))):
+        data.write_audio(samples / f"{i}_original.wav", valid_wavs[i], cfg.sample_rate)
+        data.write_audio(samples / f"{i}_reconstruction.wav", recon[i], cfg.sample_rate)
+    print(f"codec reconstructions in {samples}")
+    return dict(valid, steps=step, seconds=seconds)
 
 
 # ==== stage 2: the language model ======================================================================

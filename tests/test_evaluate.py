@@ -8,6 +8,7 @@ import torch
 
 import data
 import evaluate
+import rvq
 
 
 def exact_gaussian_sample(mean, cov, n=200, seed=0):
@@ -68,7 +69,7 @@ def test_si_snr_hand_computed():
 
 def test_codebook_perplexity_counts_used_entries():
     codes = torch.tensor([[[0, 1, 2, 3] * 4, [5] * 16]])  # (1, K=2, T=16)
-    assert evaluate.codebook_perplexity(codes, 8) == pytest.approx([4.0, 1.0])
+    assert rvq.perplexity(codes, 8) == pytest.approx([4.0, 1.0])
 
 
 def test_mel_filterbank_triangles_sum_to_one_between_centres():

@@ -1,0 +1,346 @@
+"""EnCodec from scratch: the SEANet convolutional codec around residual vector quantization (§2.1).
+
+MusicGen never sees raw audio: it models the discrete codes of an EnCodec model trained beforehand
+and then frozen (paper §2.1, "Audio tokenization"). EnCodec (Défossez et al., 2022) is an
+autoencoder:
+
+    wav (B, 1, N) ──encoder (strided convs, ×hop fewer steps, + LSTM)──▶ z (B, D, T)
+    z ──RVQ (rvq.py)──▶ codes (B, K, T)  and  ẑ (B, D, T) ──decoder (transposed convs)──▶ ŵav (B, 1, T·hop)
+
+with T = ceil(N / hop) and hop = prod(ratios) (paper: 640 at 32 kHz → 50 Hz; ours: 640 at 16 kHz →
+25 Hz). It is trained to reconstruct its input under a waveform L1 loss, a multi-scale mel-spectrogram
+loss and, optionally, a multi-scale STFT (MS-STFT) discriminator with hinge and feature-matching
+losses; the RVQ adds its commitment loss.
+
+Shape letters (DESIGN.md): B batch, C channels, N samples, K codebooks, T frames, D latent dimension.
+Data flow: data.py clips → train.py stage 1 trains this model → train.py stage 2 encodes the dataset
+once into codes for the LM → musicgen.py decodes generated codes back to audio.
+"""
+import math
+import os
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+from rvq import ResidualVectorQuantizer
+
+
+@dataclass
+class EncodecConfig:
+    sample_rate: int = 16000           # (paper: 32000)
+    n_filters: int = 16                # channels of the first conv, doubled at every downsampling (paper: 64)
+    ratios: tuple = (8, 5, 4, 4)       # decoder upsampling ratios; the encoder uses them reversed (paper: same)
+    dimension: int = 64                # latent dimension D (paper: 128)
+    n_residual_layers: int = 1         # residual blocks per resolution (paper: 1)
+    lstm_layers: int = 2               # LSTM after the encoder / before the decoder (paper: 2)
+    n_q: int = 4                       # codebooks K (paper: 4)
+    codebook_size: int = 256           # entries per codebook (paper: 2048)
+    ema_decay: float = 0.99            # (paper: 0.99)
+    # Dead-code threshold in assignments per batch. Paper: 2, with batches of 64 × 1 s at 50 Hz
+    # = 3200 vectors for 2048 codes (1.6 per code). Our batch of 16 × 1 s at 25 Hz gives 400 vectors for
+    # 256 codes (1.6 per code as well), but fewer vectors make counts noisier, so we revive only codes
+    # that are almost never used.
+    dead_threshold: float = 0.1
+    quantizer_dropout: float = 0.5     # P(batch uses only the first k ~ U{1..K} codebooks) (EnCodec: always varies)
+    # Losses (paper/EnCodec weights: L1 0.1, mel 2, adversarial 4, feature matching 4, with a gradient
+    # balancer; we use fixed weights and no balancer, see README "Design notes").
+    l1_weight: float = 1.0
+    mel_weight: float = 1.0
+    commitment_weight: float = 1.0     # (paper: 1)
+    mel_scales: tuple = (64, 128, 256, 512, 1024, 2048)   # FFT sizes of the multi-scale mel loss (EnCodec: 2^5..2^11)
+    adversarial: bool = False          # MS-STFT discriminator on/off (paper: on; README says why off here)
+    adversarial_weight: float = 1.0
+    feature_weight: float = 1.0
+    disc_filters: int = 16             # (EnCodec: 32)
+    disc_scales: tuple = (1024, 512, 256)   # STFT sizes of the discriminator (EnCodec: 5 scales, 2048..128)
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+def paper_config() -> EncodecConfig:
+    """The 32 kHz codec of MusicGen at full size: 4 codebooks × 2048 at 50 Hz = 2.2 kbps. Only its shapes
+    and parameter count are tested; it is never trained here."""
+    return EncodecConfig(sample_rate=32000, n_filters=64, ratios=(8, 5, 4, 4), dimension=128, n_q=4,
+                         codebook_size=2048, dead_threshold=2.0, quantizer_dropout=0.0, adversarial=True,
+                         disc_filters=32, disc_scales=(2048, 1024, 512, 256, 128))
+
+
+# ==== SEANet: the convolutional encoder and decoder ====================================================
+def conv1d(in_channels, out_channels, kernel_size, stride=1, dilation=1):
+    """Weight-normalised conv (EnCodec uses weight norm everywhere in SEANet). Padding is done by the caller."""
+    return weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation))
+
+
+class SameConv1d(nn.Module):
+    """Non-causal conv whose output has ceil(L / stride) steps: zero padding split around the input.
+
+    For stride 1 the total padding is (k - 1)·dilation; for the downsampling convs (k = 2r, stride r)
+    it is r, so an input of length L = n·r gives exactly n outputs.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, dilation=1):
+        super().__init__()
+        self.conv = conv1d(in_channels, out_channels, kernel_size, stride, dilation)
+        self.stride = stride
+        self.padding = (kernel_size - 1) * dilation - (stride - 1) if stride == 1 else kernel_size - stride
+
+    def forward(self, x):
+        B, C, L = x.shape
+        assert L % self.stride == 0, f"length {L} is not a multiple of the stride {self.stride}"
+        x = F.pad(x, (self.padding // 2, self.padding - self.padding // 2))
+        return self.conv(x)  # (B, C, L) -> (B, C', L / stride)
+
+
+class UpConv1d(nn.Module):
+    """Transposed conv, kernel 2r, stride r: (B, C, L) -> (B, C', L·r) after trimming r samples."""
+
+    def __init__(self, in_channels, out_channels, ratio):
+        super().__init__()
+        self.conv = weight_norm(nn.ConvTranspose1d(in_channels, out_channels, 2 * ratio, stride=ratio))
+        self.ratio = ratio
+
+    def forward(self, x):
+        y = self.conv(x)  # (B, C, L) -> (B, C', (L + 1)·r)
+        left = self.ratio // 2
+        return y[..., left:y.shape[-1] - (self.ratio - left)]  # -> (B, C', L·r)
+
+
+class ResidualBlock(nn.Module):
+    """SEANet residual unit: x + conv1(ELU(conv_k(ELU(x)))), with a channel bottleneck of 2."""
+
+    def __init__(self, dim, kernel_size=3, dilation=1):
+        super().__init__()
+        self.block = nn.Sequential(nn.ELU(), SameConv1d(dim, dim // 2, kernel_size, dilation=dilation),
+                                   nn.ELU(), SameConv1d(dim // 2, dim, 1))
+
+    def forward(self, x):
+        return x + self.block(x)  # (B, C, L) -> (B, C, L); EnCodec's "true skip" (identity shortcut)
+
+
+class LSTMSkip(nn.Module):
+    """LSTM over time with a skip connection: long-range context at the coarsest resolution."""
+
+    def __init__(self, dim, n_layers):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, n_layers, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.lstm(x.transpose(1, 2))  # (B, C, T) -> (B, T, C)
+        return x + y.transpose(1, 2)         # -> (B, C, T)
+
+
+class SEANetEncoder(nn.Module):
+    """wav (B, 1, N) -> z (B, D, N / hop). Channels double at each downsampling: n_filters · 2^i."""
+
+    def __init__(self, cfg: EncodecConfig):
+        super().__init__()
+        layers = [SameConv1d(1, cfg.n_filters, 7)]
+        channels = cfg.n_filters
+        for ratio in reversed(cfg.ratios):  # encoder: small strides first (4, 4, 5, 8)
+            layers += [ResidualBlock(channels, dilation=2 ** j) for j in range(cfg.n_residual_layers)]
+            layers += [nn.ELU(), SameConv1d(channels, 2 * channels, 2 * ratio, stride=ratio)]
+            channels *= 2
+        layers += [LSTMSkip(channels, cfg.lstm_layers), nn.ELU(), SameConv1d(channels, cfg.dimension, 7)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, wav):
+        return self.layers(wav)
+
+
+class SEANetDecoder(nn.Module):
+    """z (B, D, T) -> wav (B, 1, T·hop): the encoder mirrored, transposed convs halve the channels."""
+
+    def __init__(self, cfg: EncodecConfig):
+        super().__init__()
+        channels = cfg.n_filters * 2 ** len(cfg.ratios)
+        layers = [SameConv1d(cfg.dimension, channels, 7), LSTMSkip(channels, cfg.lstm_layers)]
+        for ratio in cfg.ratios:  # decoder: large strides first (8, 5, 4, 4)
+            layers += [nn.ELU(), UpConv1d(channels, channels // 2, ratio)]
+            channels //= 2
+            layers += [ResidualBlock(channels, dilation=2 ** j) for j in range(cfg.n_residual_layers)]
+        layers += [nn.ELU(), SameConv1d(channels, 1, 7)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.layers(z)
+
+
+# ==== the codec ==========================================================================================
+class EncodecModel(nn.Module):
+    """Encoder + RVQ + decoder, with the public names of DESIGN.md (sample_rate, frame_rate, n_q,
+    codebook_size, encode, decode) and atomic save / weights-only load."""
+
+    def __init__(self, cfg: EncodecConfig):
+        super().__init__()
+        assert cfg.n_filters * 2 ** len(cfg.ratios) >= 2, "too few filters"
+        self.cfg = cfg
+        self.encoder = SEANetEncoder(cfg)
+        self.quantizer = ResidualVectorQuantizer(cfg.dimension, cfg.n_q, cfg.codebook_size,
+                                                 cfg.quantizer_dropout, cfg.ema_decay, cfg.dead_threshold)
+        self.decoder = SEANetDecoder(cfg)
+        self.sample_rate, self.n_q, self.codebook_size = cfg.sample_rate, cfg.n_q, cfg.codebook_size
+        self.hop_length, self.frame_rate = cfg.hop_length, cfg.frame_rate
+
+    def _pad(self, wav):
+        """(B, C, N) -> (B, 1, T·hop), T = ceil(N / hop): zeros at the end, so every conv divides evenly."""
+        B, C, N = wav.shape
+        if C != 1:
+            raise ValueError(f"the codec takes mono audio (B, 1, N), got {C} channels")
+        T = math.ceil(N / self.hop_length)
+        return F.pad(wav, (0, T * self.hop_length - N))
+
+    def forward(self, wav, n_q=None):
+        """Training pass: wav (B, 1, N) -> (reconstruction (B, 1, T·hop), codes (B, k, T), commitment)."""
+        z = self.encoder(self._pad(wav))                       # (B, 1, T·hop) -> (B, D, T)
+        z_hat, codes, commitment, _ = self.quantizer(z, n_q)   # (B, D, T) -> (B, D, T), (B, k, T)
+        return self.decoder(z_hat), codes, commitment          # (B, D, T) -> (B, 1, T·hop)
+
+    @torch.no_grad()
+    def encode(self, wav, n_q=None):
+        """wav (B, 1, N) -> codes (B, K, T), T = ceil(N / hop). Never updates the codebooks."""
+        return self.quantizer.encode(self.encoder(self._pad(wav)), n_q)
+
+    @torch.no_grad()
+    def decode(self, codes):
+        """codes (B, k, T), k ≤ K (fewer codebooks = lower bitrate) -> wav (B, 1, T·hop)."""
+        B, K, T = codes.shape
+        if codes.min() < 0 or codes.max() >= self.codebook_size:
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]")
+        return self.decoder(self.quantizer.decode(codes))
+
+    def save(self, path, step=0, **extra):
+        """One self-describing dict (config, weights, step, + optimizer/RNG for resuming), written to a
+        temp file and renamed, so an interrupted save never destroys the previous checkpoint."""
+        ckpt = dict(config=asdict(self.cfg), model=self.state_dict(), step=step, **extra)
+        tmp = f"{path}.tmp"
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        """-> (model in eval mode, checkpoint dict). weights_only=True: a checkpoint can never run code."""
+        try:
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+            model = cls(EncodecConfig(**ckpt["config"]))
+            model.load_state_dict(ckpt["model"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no codec checkpoint here (run `python train.py` first)") from None
+        except Exception as error:
+            raise ValueError(f"{path}: not a readable codec checkpoint ({type(error).__name__}: {error})") from None
+        return model.to(device).eval(), ckpt
+
+
+# ==== reconstruction losses ================================================================================
+def mel_filterbank(n_fft, n_mels, sample_rate, f_min=40.0, f_max=None):
+    """Triangular filters equally spaced on the mel scale m(f) = 2595 log10(1 + f / 700):
+    (n_mels, n_fft // 2 + 1). Built by hand (no audio library); each filter rises from the previous
+    band edge to its centre and falls to the next edge."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    mel = lambda f: 2595 * torch.log10(1 + torch.as_tensor(f, dtype=torch.float64) / 700)
+    edges_mel = torch.linspace(float(mel(f_min)), float(mel(f_max)), n_mels + 2, dtype=torch.float64)
+    edges = 700 * (10 ** (edges_mel / 2595) - 1)  # (n_mels + 2,) band edges in Hz
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # FFT bin centres
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rise = (freqs - lower) / (centre - lower)
+    fall = (upper - freqs) / (upper - centre)
+    return rise.minimum(fall).clamp(min=0).float()  # (n_mels, n_freqs)
+
+
+class MultiScaleMelLoss(nn.Module):
+    """EnCodec's frequency loss: over FFT sizes s (window s, hop s/4), with mel spectrogram M_s,
+
+        L_f = 1/|S| Σ_s ( mean|M_s(x) − M_s(x̂)| + mean|log M_s(x) − log M_s(x̂)| )
+
+    The linear term weights loud partials; the log term hears quiet detail. Small FFTs resolve time
+    (drum onsets), large ones frequency (pitch). n_mels = min(64, s/4) so no band is empty at s = 64.
+    """
+
+    def __init__(self, sample_rate, scales):
+        super().__init__()
+        self.scales = tuple(scales)
+        for s in self.scales:
+            self.register_buffer(f"bank_{s}", mel_filterbank(s, min(64, s // 4), sample_rate), persistent=False)
+            self.register_buffer(f"window_{s}", torch.hann_window(s), persistent=False)
+
+    def mel(self, wav, s):
+        window = getattr(self, f"window_{s}")
+        # Divided by the window's sum, a full-scale sine peaks at 0.5 at every FFT size, so the linear
+        # term weighs all scales alike instead of being dominated by the largest FFT.
+        spec = torch.stft(wav[:, 0], s, s // 4, window=window, return_complex=True).abs() / window.sum()
+        return getattr(self, f"bank_{s}") @ spec  # (B, 1, N) -> (B, n_freqs, frames) -> (B, n_mels, frames)
+
+    def forward(self, x, x_hat):
+        loss = 0.0
+        for s in self.scales:
+            m, m_hat = self.mel(x, s), self.mel(x_hat, s)
+            loss = loss + (m - m_hat).abs().mean() + (torch.log(m + 1e-5) - torch.log(m_hat + 1e-5)).abs().mean()
+        return loss / len(self.scales)
+
+
+# ==== the MS-STFT discriminator (EnCodec §3.4) ==============================================================
+class STFTDiscriminator(nn.Module):
+    """One scale: complex STFT (real and imaginary parts as 2 channels) → 2-D convs over (time, frequency).
+
+    Strides of 2 along frequency and growing dilation along time (1, 2, 4), LeakyReLU(0.2), weight norm.
+    Returns the logits (B, 1, frames, F') and every intermediate feature map (for feature matching).
+    """
+
+    def __init__(self, n_fft, filters):
+        super().__init__()
+        self.n_fft = n_fft
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        conv = lambda *a, **k: weight_norm(nn.Conv2d(*a, **k))
+        self.convs = nn.ModuleList([conv(2, filters, (3, 9), padding=(1, 4))] + [
+            conv(filters, filters, (3, 9), stride=(1, 2), dilation=(d, 1), padding=(d, 4)) for d in (1, 2, 4)
+        ] + [conv(filters, filters, (3, 3), padding=(1, 1))])
+        self.out = conv(filters, 1, (3, 3), padding=(1, 1))
+
+    def forward(self, wav):
+        spec = torch.stft(wav[:, 0], self.n_fft, self.n_fft // 4, window=self.window, return_complex=True)
+        x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # (B, F, frames) -> (B, 2, frames, F)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)  # frequency axis halves at each strided conv
+            features.append(x)
+        return self.out(x), features
+
+
+class MSSTFTDiscriminator(nn.Module):
+    """Several STFTDiscriminators at different FFT sizes, so artefacts at every time-frequency
+    trade-off are penalised (EnCodec: 5 scales). forward(wav) -> list of (logits, features)."""
+
+    def __init__(self, scales, filters):
+        super().__init__()
+        self.discriminators = nn.ModuleList(STFTDiscriminator(s, filters) for s in scales)
+
+    def forward(self, wav):
+        return [d(wav) for d in self.discriminators]
+
+
+def discriminator_hinge_loss(real_outputs, fake_outputs):
+    """L_d = mean_s [ relu(1 − D_s(x)) + relu(1 + D_s(x̂)) ] (EnCodec eq. 3)."""
+    losses = [F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+              for (real, _), (fake, _) in zip(real_outputs, fake_outputs)]
+    return sum(losses) / len(losses)
+
+
+def generator_adversarial_loss(fake_outputs):
+    """L_g = mean_s relu(1 − D_s(x̂)) (EnCodec eq. 1): the decoder tries to look real."""
+    return sum(F.relu(1 - fake).mean() for fake, _ in fake_outputs) / len(fake_outputs)
+
+
+def feature_matching_loss(real_outputs, fake_outputs):
+    """L_feat = mean over scales and layers of |D^l(x) − D^l(x̂)|₁ / mean|D^l(x)| (EnCodec eq. 2)."""
+    losses = [(f_real.detach() - f_fake).abs().mean() / (f_real.detach().abs().mean() + 1e-8)
+              for (_, real_features), (_, fake_features) in zip(real_outputs, fake_outputs)
+              for f_real, f_fake in zip(real_features, fake_features)]
+    return sum(losses) / len(losses)
