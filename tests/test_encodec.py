@@ -1,0 +1,148 @@
+"""encodec.py: shapes and lengths, the paper config's size, losses, discriminator, training, save/load."""
+import math
+
+import pytest
+import torch
+
+import encodec
+
+
+def micro_config(**changes):
+    """A codec small enough to run in milliseconds (the structure of the real one)."""
+    return encodec.EncodecConfig(**dict(dict(n_filters=4, dimension=8, codebook_size=16, lstm_layers=1,
+                                             mel_scales=(64, 128, 256), disc_filters=4), **changes))
+
+
+@pytest.mark.parametrize("n_samples", [1, 639, 641, 3 * 640 + 17])
+def test_lengths_for_odd_inputs(n_samples):
+    torch.manual_seed(0)
+    codec = encodec.EncodecModel(micro_config()).eval()
+    wav = torch.randn(2, 1, n_samples)
+    codes = codec.encode(wav)
+    T = math.ceil(n_samples / 640)
+    assert codes.shape == (2, 4, T) and codes.dtype == torch.long
+    assert codec.decode(codes).shape == (2, 1, T * 640)
+    recon, train_codes, commitment = codec.train()(wav)
+    assert recon.shape == (2, 1, T * 640) and commitment.ndim == 0
+
+
+def test_derived_values():
+    cfg = micro_config()
+    assert cfg.hop_length == 640 and cfg.frame_rate == 25.0
+    paper = encodec.paper_config()
+    assert paper.hop_length == 640 and paper.frame_rate == 50.0  # 32 kHz / 640 = the paper's 50 Hz
+
+
+def expected_parameter_count(cfg):
+    """Counted independently of the modules: a weight-normed conv has weight v (out·in·k), gain g (out)
+    and bias (out); an LSTM layer has 4 gates × (input + hidden + 2 biases) × hidden."""
+    conv = lambda c_in, c_out, k: c_out * c_in * k + 2 * c_out
+    lstm = lambda d: cfg.lstm_layers * 4 * d * (d + d + 2)
+    residual = lambda c: conv(c, c // 2, 3) + conv(c // 2, c, 1)
+    total, channels = conv(1, cfg.n_filters, 7), cfg.n_filters
+    for ratio in reversed(cfg.ratios):                         # encoder: small strides first
+        total += cfg.n_residual_layers * residual(channels) + conv(channels, 2 * channels, 2 * ratio)
+        channels *= 2
+    total += lstm(channels) + conv(channels, cfg.dimension, 7)
+    decoder, channels = conv(cfg.dimension, channels, 7) + lstm(channels), channels
+    for ratio in cfg.ratios:
+        # a transposed conv's weight is (in, out, k) and its weight-norm gain has one entry per *input* channel
+        decoder += channels * (channels // 2) * 2 * ratio + channels + channels // 2
+        channels //= 2
+        decoder += cfg.n_residual_layers * residual(channels)
+    decoder += conv(channels, 1, 7)
+    return total + decoder
+
+
+def test_paper_config_parameter_count():
+    cfg = encodec.paper_config()
+    model = encodec.EncodecModel(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == expected_parameter_count(cfg)
+    # ~57M, most of it in the two 1024-wide LSTMs (2 × 16.8M); audiocraft's 32 kHz checkpoint is ~59M.
+    assert 50e6 < n_params < 65e6
+    assert model.quantizer.bitrate(cfg.frame_rate) == 2200  # 4 × 11 bits × 50 Hz
+    assert expected_parameter_count(micro_config()) == sum(
+        p.numel() for p in encodec.EncodecModel(micro_config()).parameters())
+
+
+def test_losses_are_zero_for_identical_inputs():
+    torch.manual_seed(0)
+    wav = torch.randn(2, 1, 4000)
+    assert encodec.MultiScaleMelLoss(16000, (64, 256, 1024))(wav, wav).item() == 0.0
+    disc = encodec.MSSTFTDiscriminator((256, 128), filters=4)
+    outputs = disc(wav)
+    assert encodec.feature_matching_loss(outputs, outputs).item() == 0.0
+    assert encodec.MultiScaleMelLoss(16000, (64, 256))(wav, 0.5 * wav).item() > 0.1
+
+
+def test_mel_filterbank_shape_and_peaks():
+    bank = encodec.mel_filterbank(1024, 40, 16000)
+    assert bank.shape == (40, 513) and bank.min() >= 0
+    assert bank.max(dim=1).values.min() > 0.5           # every band catches at least one FFT bin
+    centres = bank.argmax(dim=1)
+    assert torch.all(centres[1:] >= centres[:-1])        # bands ordered by frequency
+
+
+def test_discriminator_output_shapes():
+    disc = encodec.MSSTFTDiscriminator((256, 128), filters=4)
+    outputs = disc(torch.randn(3, 1, 4096))
+    assert len(outputs) == 2
+    for (logits, features), n_fft in zip(outputs, (256, 128)):
+        frames, n_freqs = 4096 // (n_fft // 4) + 1, n_fft // 2 + 1
+        for _ in range(3):  # three convs stride 2 along frequency
+            n_freqs = (n_freqs - 1) // 2 + 1
+        assert logits.shape == (3, 1, frames, n_freqs)
+        assert len(features) == 5 and features[0].shape == (3, 4, frames, n_fft // 2 + 1)
+    real, fake = disc(torch.randn(3, 1, 4096)), disc(torch.randn(3, 1, 4096))
+    assert encodec.discriminator_hinge_loss(real, fake).item() >= 0
+    assert encodec.generator_adversarial_loss(fake).item() >= 0
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    cfg = micro_config(n_filters=8, dimension=16)
+    codec = encodec.EncodecModel(cfg).train()
+    mel = encodec.MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales)
+    t = torch.arange(2 * 1280) / cfg.sample_rate
+    wav = (0.5 * torch.sin(2 * math.pi * torch.tensor([[220.0], [330.0]]) * t))[:, None]  # (2, 1, 2560)
+    optimizer = torch.optim.Adam(codec.parameters(), lr=3e-3, betas=(0.5, 0.9))
+    losses = []
+    for _ in range(30):
+        recon, codes, commitment = codec(wav)
+        loss = (recon - wav).abs().mean() + mel(wav, recon) + commitment
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    codec = encodec.EncodecModel(micro_config()).train()
+    codec(torch.randn(2, 1, 1280))  # initialise the codebooks
+    path = tmp_path / "codec.pt"
+    codec.save(path, step=7, note="hello")
+    assert not (tmp_path / "codec.pt.tmp").exists()  # written to a temp file, then renamed
+    loaded, ckpt = encodec.EncodecModel.load(path)
+    assert ckpt["step"] == 7 and ckpt["note"] == "hello"
+    for (name, a), (_, b) in zip(codec.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    wav = torch.randn(1, 1, 2000)
+    codec.eval()
+    assert torch.equal(codec.encode(wav), loaded.encode(wav))
+    assert torch.equal(codec.decode(codec.encode(wav)), loaded.decode(loaded.encode(wav)))
+
+
+def test_bad_checkpoints_and_inputs_raise_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        encodec.EncodecModel.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        encodec.EncodecModel.load(tmp_path / "junk.pt")
+    codec = encodec.EncodecModel(micro_config()).eval()
+    with pytest.raises(ValueError, match="mono"):
+        codec.encode(torch.randn(1, 2, 640))
+    with pytest.raises(ValueError, match="codes must lie"):
+        codec.decode(torch.full((1, 4, 3), 16))
