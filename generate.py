@@ -70,7 +70,7 @@ def main(argv=None):
     try:
         model = MusicGen.load(run)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
-        fail(f"cannot load the run in {run}: {error}")
+        fail(f"cannot load the run in {run}: {(str(error).strip().splitlines() or [''])[0]}")
     model.set_generation_params(duration=args.duration, use_sampling=args.temperature > 0, top_k=args.top_k,
                                 top_p=args.top_p, temperature=max(args.temperature, 1e-6),
                                 cfg_coef=args.cfg_coef)

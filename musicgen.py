@@ -32,7 +32,7 @@ class LMConfig:
     # Token streams: copied from the codec, asserted equal when both are loaded.
     n_q: int = 4                  # codebooks K (paper: 4, from the 32 kHz EnCodec)
     codebook_size: int = 256      # entries per codebook (paper: 2048)
-    frame_rate: float = 25.0      # codec frames per second (paper: 50)
+    frame_rate: float = 50.0      # codec frames per second (paper: 50)
     sample_rate: int = 16000      # codec sample rate (paper: 32000)
     # The decoder (§2.3).
     dim: int = 256                # model width D (paper, small: 1024)

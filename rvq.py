@@ -75,10 +75,12 @@ class VectorQuantizer(nn.Module):
         return distances.argmin(dim=1)
 
     @torch.no_grad()
-    def init_kmeans(self, x: torch.Tensor):
+    def init_kmeans(self, x: torch.Tensor, vectors_per_batch: int = None):
         """k-means on the first training batch (EnCodec): entries start where the data is, so none
-        begins dead. x (M, D)."""
+        begins dead. x (M, D). If x is larger than a training batch, give the batch's vector count:
+        the counts are rescaled to "assignments per batch", the unit of the EMA and dead threshold."""
         centroids, counts = kmeans(x, self.codebook_size)
+        counts = counts * (vectors_per_batch or len(x)) / len(x)
         self.codebook.copy_(centroids)
         self.cluster_size.copy_(counts)
         self.embed_sum.copy_(centroids * counts[:, None])
@@ -196,6 +198,16 @@ class ResidualVectorQuantizer(nn.Module):
         # Straight-through for the whole stack: forward ẑ = Σ q_k, backward the identity to z.
         z_hat = z + (quantized_sum - z).detach()
         return z_hat, torch.stack(codes, dim=1), torch.stack(losses).mean(), n_q  # codes (B, k, T)
+
+    @torch.no_grad()
+    def init_codebooks(self, z: torch.Tensor, vectors_per_batch: int = None):
+        """k-means initialisation of every level from one large batch z (B, D, T). Training batches of
+        short crops hold fewer vectors than there are codes; k-means on them would duplicate entries."""
+        B, D, T = z.shape
+        residual = z.transpose(1, 2).reshape(-1, D)  # (B, D, T) -> (M, D)
+        for layer in self.layers:
+            layer.init_kmeans(residual, vectors_per_batch)
+            residual = residual - layer.codebook[layer.assign(residual)]  # what the next level quantizes
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor, n_q: int = None) -> torch.Tensor:

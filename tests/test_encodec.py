@@ -9,7 +9,7 @@ import encodec
 
 def micro_config(**changes):
     """A codec small enough to run in milliseconds (the structure of the real one)."""
-    return encodec.EncodecConfig(**dict(dict(n_filters=4, dimension=8, codebook_size=16, lstm_layers=1,
+    return encodec.EncodecConfig(**dict(dict(ratios=(8, 5, 4, 4), n_filters=4, dimension=8, codebook_size=16, lstm_layers=1,
                                              mel_scales=(64, 128, 256), disc_filters=4), **changes))
 
 
@@ -51,7 +51,9 @@ def expected_parameter_count(cfg):
         channels //= 2
         decoder += cfg.n_residual_layers * residual(channels)
     decoder += conv(channels, 1, 7)
-    return total + decoder
+    # Snake activations have one α each: per resolution 2 in each residual block + 1, + 1 at the end.
+    snakes = 2 * (len(cfg.ratios) * (2 * cfg.n_residual_layers + 1) + 1) if cfg.snake else 0
+    return total + decoder + snakes
 
 
 def test_paper_config_parameter_count():

@@ -1,0 +1,111 @@
+"""Speed benchmarks for the README's measured targets (issues 3-5); never part of the test run.
+
+    python benchmark.py --run runs/tiny            # a trained run (python train.py)
+    python benchmark.py                            # untrained tiny models: same speed, no run needed
+
+Measures, on whatever machine runs it:
+- generation speed with and without the KV cache (pattern steps per second, 10 s of audio, CFG on):
+  without the cache every step re-runs the whole prefix, so its cost grows with the position;
+- the real-time factor of text-to-audio generation: seconds of compute per second of audio, CFG on,
+  batch 1, codec decoding included (< 1 means faster than real time);
+- training step times of both stages at the tiny preset's batch shapes.
+"""
+import argparse
+import json
+import time
+
+import torch
+
+import train
+from conditioners import Tokenizer
+from encodec import EncodecModel, MultiScaleMelLoss
+from musicgen import MusicGen, MusicLM
+
+
+def untrained_model() -> MusicGen:
+    """The tiny preset's codec and LM with random weights: generation speed does not depend on them."""
+    preset = train.PRESETS["tiny"]
+    codec = EncodecModel(preset.codec)
+    tokenizer = Tokenizer.build(["a cheerful fast tune on a plucked guitar with drums"])
+    cfg = train.replace(preset.lm, n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
+                        sample_rate=codec.sample_rate, text_vocab_size=len(tokenizer.vocab))
+    return MusicGen(codec, MusicLM(cfg), tokenizer)
+
+
+def time_generation(model: MusicGen, seconds: float, use_cache: bool, repeats: int = 1) -> float:
+    model.set_generation_params(duration=seconds)
+    model.generation_params["use_cache"] = use_cache
+    best = float("inf")
+    for _ in range(repeats):
+        torch.manual_seed(0)
+        began = time.perf_counter()
+        model.generate(["a cheerful fast tune on a plucked guitar with drums"])
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def time_training_steps(preset, n_steps: int = 10) -> dict:
+    """Seconds per optimizer step of the codec and of the LM (random data of the right shapes)."""
+    codec = EncodecModel(preset.codec).train()
+    mel = MultiScaleMelLoss(preset.codec.sample_rate, preset.codec.mel_scales)
+    optimizer = torch.optim.Adam(codec.parameters(), lr=1e-4)
+    crop = round(preset.codec_crop_seconds * preset.codec.frame_rate) * preset.codec.hop_length
+    wav = 0.3 * torch.randn(preset.codec_batch, 1, crop)
+
+    def codec_step():
+        recon, _, commitment = codec(wav)
+        loss = (recon - wav).abs().mean() + mel(wav, recon) + commitment
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    lm = MusicLM(train.replace(preset.lm, n_q=preset.codec.n_q, codebook_size=preset.codec.codebook_size,
+                               text_vocab_size=100))
+    lm_optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
+    T, K = lm.cfg.window_frames, lm.cfg.n_q
+    codes = torch.randint(0, lm.cfg.codebook_size, (preset.lm_batch, K, T))
+    ids, mask = torch.randint(0, 100, (preset.lm_batch, 12)), torch.ones(preset.lm_batch, 12, dtype=torch.bool)
+    chroma = torch.zeros(preset.lm_batch, lm.melody_frames, 12)
+
+    def lm_step():
+        text, text_mask = lm.encode_text(ids, mask)
+        loss, _ = lm.compute_loss(codes, text, text_mask, chroma)
+        lm_optimizer.zero_grad()
+        loss.backward()
+        lm_optimizer.step()
+
+    result = {}
+    for name, step in (("codec_step_seconds", codec_step), ("lm_step_seconds", lm_step)):
+        step()  # warm-up
+        began = time.perf_counter()
+        for _ in range(n_steps):
+            step()
+        result[name] = (time.perf_counter() - began) / n_steps
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Speed benchmarks (KV cache, real-time factor, step times).")
+    p.add_argument("--run", help="run directory from train.py (default: untrained tiny models)")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio to generate (default 10)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    model = MusicGen.load(args.run) if args.run else untrained_model()
+    steps = round(args.seconds * model.frame_rate) + model.lm.cfg.n_q - 1  # delay pattern: T + K - 1 steps
+    cached = time_generation(model, args.seconds, use_cache=True, repeats=2)
+    uncached = time_generation(model, args.seconds, use_cache=False)
+    result = dict(seconds_of_audio=args.seconds, cached_seconds=cached, uncached_seconds=uncached,
+                  cached_steps_per_second=steps / cached, uncached_steps_per_second=steps / uncached,
+                  kv_cache_speedup=uncached / cached, real_time_factor=cached / args.seconds,
+                  torch_threads=torch.get_num_threads())
+    result.update(time_training_steps(train.PRESETS["tiny"]))
+    for key, value in result.items():
+        print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
