@@ -31,7 +31,7 @@ from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
 class Preset:
     """Training budgets. `tiny` fits the 10-minute CPU budget; `long` trades time for quality."""
     n_clips: int = 1000           # toy clips generated when --data is missing (paper: 20k hours)
-    codec_steps: int = 2000       # (EnCodec: 300k steps on GPUs)
+    codec_steps: int = 1800       # (EnCodec: 300k steps on GPUs)
     codec_batch: int = 16         # (EnCodec: 64 crops of 1 s)
     codec_lr: float = 3e-3        # Adam, betas (0.5, 0.9) as EnCodec (which uses 3e-4 for 300k steps)
     # Short crops (12 frames): on a CPU the number of updates, not the audio per update, limits how fast
@@ -52,7 +52,7 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(lm=LMConfig(dim=128, n_layers=4, n_heads=4, ffn_dim=512), codec=EncodecConfig()),
+    "tiny": Preset(lm=LMConfig(dim=128, n_layers=4, n_heads=4, ffn_dim=512, dropout=0.1), codec=EncodecConfig()),
     # Untested end to end: ~5× the tiny budget, estimated from the step times (README).
     "long": Preset(n_clips=2000, codec_steps=12000, codec=EncodecConfig(n_filters=16, dimension=128),
                    lm_steps=10000, lm=LMConfig(dim=384, n_layers=6, n_heads=6, ffn_dim=1536)),
@@ -181,7 +181,13 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
     valid = None
     try:
         while step < max_steps:
-            lr = cosine_lr(step, max_steps, 50, preset.codec_lr)
+            # Two cosine cycles: the warm-up anneals the autoencoder (pitch appears as the lr comes
+            # down) before k-means reads its latents; the quantized phase restarts at half the lr.
+            if step < warmup_steps:
+                lr = cosine_lr(step, warmup_steps, 50, preset.codec_lr)
+            else:
+                lr = cosine_lr(step - warmup_steps, max_steps - warmup_steps, 50,
+                               preset.codec_lr / 2 if warmup_steps else preset.codec_lr)
             for group in optimizer.param_groups + (disc_optimizer.param_groups if disc else []):
                 group["lr"] = lr
             if step == warmup_steps:
