@@ -444,7 +444,7 @@ def parse_args(argv=None):
                    help="folder with audio + manifest.jsonl (default data/toy, generated if missing)")
     p.add_argument("--out", default="runs/tiny", help="run directory for checkpoints and samples")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="tiny: ~10 min on a 2-core CPU; long: better quality, ~1 h")
+                   help="tiny: ~9 min on a 2-core CPU; long: bigger models, ~6× the steps (untested end to end)")
     p.add_argument("--pattern", default="delay",
                    choices=["parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e"],
                    help="codebook interleaving pattern of the LM (paper §2.2; default delay)")
