@@ -479,11 +479,17 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
     check_probe(probe_report)
     rows = {}
     heldout, reference = None, None
+    # Encode the dataset once with the frozen codec; every pattern's LM trains on the same codes.
+    from encodec import EncodecModel
+    codec, _ = EncodecModel.load(run_dir / "codec.pt", device)
+    clips = data.load_clips(data_dir, codec.sample_rate)
+    encoded = (clips, train.encode_dataset(codec, clips, device))
     for name in (patterns or PATTERN_NAMES):
         out = run_dir / "ablation" / name
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(run_dir / "codec.pt", out / "codec.pt")  # the same frozen codec for every pattern
-        summary = train.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device)
+        summary = train.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
+                                 encoded=encoded)
         model = MusicGen.load(out)
         sr = model.sample_rate
         if heldout is None:

@@ -274,8 +274,10 @@ def lm_batch(clips, codes, indices, window, hop, generator):
 
 
 def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None, seed=0, device="cpu",
-             resume=False, eval_every=250):
+             resume=False, eval_every=250, encoded=None):
     """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
+    `encoded` = (clips, codes) from `encode_dataset` with this codec skips re-encoding (the pattern
+    ablation trains six LMs on the same codes).
 
     Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps.
     """
@@ -289,8 +291,11 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
     resume_path = out / "lm.pt"
 
     # ---- data: every clip encoded once by the frozen codec (§4.1), kept in memory as codes ----
-    clips = data.load_clips(data_dir, codec.sample_rate)
-    codes = encode_dataset(codec, clips, device)
+    if encoded is None:
+        clips = data.load_clips(data_dir, codec.sample_rate)
+        codes = encode_dataset(codec, clips, device)
+    else:
+        clips, codes = encoded
     cfg = replace(preset.lm, n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
                   sample_rate=codec.sample_rate, pattern=pattern)
     window = cfg.window_frames
