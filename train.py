@@ -93,7 +93,7 @@ def codec_batch(wavs, indices, crop, generator):
 def evaluate_codec(codec, wavs, batch_size=16):
     """Held-out reconstruction: mel distance, SI-SNR (dB), per-codebook perplexity, and the mel distance
     decoding with only the first k codebooks, k = 1..K (each added codebook should lower it)."""
-    from evaluate import mel_distance, si_snr
+    from evaluate import chroma_cosine, mel_distance, si_snr
     was_training = codec.training
     codec.eval()
     wav = torch.stack(wavs)  # (B, 1, N), held-out clips all have the dataset's clip length
@@ -106,6 +106,9 @@ def evaluate_codec(codec, wavs, batch_size=16):
         result["mel_distance_per_n_q"].append(mel_distance(wav, recon, codec.sample_rate))
     result["mel_distance"] = result["mel_distance_per_n_q"][-1]
     result["si_snr_db"] = float(si_snr(wav, recon).mean())
+    # Does the melody survive? Argmax-chroma agreement with the original (chance ≈ 0.08, the paper's
+    # melody metric): the figure that shows whether this codec learned pitch (README, Results).
+    result["chroma_cosine"] = chroma_cosine(wav, recon, codec.sample_rate)
     codec.train(was_training)
     return result, recon
 
@@ -222,7 +225,7 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
                 valid, _ = evaluate_codec(codec, valid_wavs)
                 tqdm.write(f"step {step}: held-out mel distance {valid['mel_distance']:.3f} "
                            f"(1..K codebooks: {' / '.join(f'{m:.3f}' for m in valid['mel_distance_per_n_q'])}), "
-                           f"SI-SNR {valid['si_snr_db']:.1f} dB, perplexity "
+                           f"SI-SNR {valid['si_snr_db']:.1f} dB, chroma cosine {valid['chroma_cosine']:.2f}, perplexity "
                            f"{' / '.join(f'{p:.0f}' for p in valid['perplexity'])} of {cfg.codebook_size}")
                 save(step)
     except KeyboardInterrupt:
