@@ -27,9 +27,8 @@ def untrained_model() -> MusicGen:
     preset = train.PRESETS["tiny"]
     codec = EncodecModel(preset.codec)
     tokenizer = Tokenizer.build(["a cheerful fast tune on a plucked guitar with drums"])
-    cfg = train.replace(preset.lm, n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
-                        sample_rate=codec.sample_rate, text_vocab_size=len(tokenizer.vocab))
-    return MusicGen(codec, MusicLM(cfg), tokenizer)
+    return MusicGen(codec, MusicLM(train.lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
+                    tokenizer)
 
 
 def time_generation(model: MusicGen, seconds: float, use_cache: bool, repeats: int = 1) -> float:
@@ -59,8 +58,7 @@ def time_training_steps(preset, n_steps: int = 10) -> dict:
         loss.backward()
         optimizer.step()
 
-    lm = MusicLM(train.replace(preset.lm, n_q=preset.codec.n_q, codebook_size=preset.codec.codebook_size,
-                               text_vocab_size=100))
+    lm = MusicLM(train.lm_config_for(codec, preset.lm, text_vocab_size=100))
     lm_optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
     T, K = lm.cfg.window_frames, lm.cfg.n_q
     codes = torch.randint(0, lm.cfg.codebook_size, (preset.lm_batch, K, T))
@@ -90,7 +88,6 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=10.0, help="audio to generate (default 10)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     model = MusicGen.load(args.run) if args.run else untrained_model()
     steps = round(args.seconds * model.frame_rate) + model.lm.cfg.n_q - 1  # delay pattern: T + K - 1 steps
     cached = time_generation(model, args.seconds, use_cache=True, repeats=2)

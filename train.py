@@ -41,7 +41,8 @@ class Preset:
     # Quantizer warm-up: the first half of the codec steps train encoder + decoder without the RVQ, then
     # every codebook is k-means-initialised on the trained encoder's latents. Quantizing from step 0 (as
     # EnCodec does over 300k steps) let the codebooks lock onto the untrained encoder's pitch-less
-    # features: held-out chroma cosine of reconstructions 0.11 vs 0.46 with the warm-up (README).
+    # features: held-out chroma cosine of reconstructions 0.11 vs 0.46 with the warm-up (single runs;
+    # pitch learning is unstable at this budget, README "Results").
     codec_quantizer_warmup: float = 0.5
     codec: EncodecConfig = None   # the codec's size (defaults to EncodecConfig())
     lm_steps: int = 1000          # (paper: 1M steps)
@@ -53,7 +54,7 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(lm=LMConfig(dim=128, n_layers=4, n_heads=4, ffn_dim=512, dropout=0.1), codec=EncodecConfig()),
-    # Untested end to end: ~5× the tiny budget, estimated from the step times (README).
+    # Untested end to end: bigger models, 6.7× the codec steps and 10× the LM steps of `tiny`.
     "long": Preset(n_clips=2000, codec_steps=12000, codec=EncodecConfig(n_filters=16, dimension=128),
                    lm_steps=10000, lm=LMConfig(dim=384, n_layers=6, n_heads=6, ffn_dim=1536)),
 }
@@ -91,8 +92,8 @@ def codec_batch(wavs, indices, crop, generator):
 
 @torch.no_grad()
 def evaluate_codec(codec, wavs, batch_size=16):
-    """Held-out reconstruction: mel distance, SI-SNR (dB), per-codebook perplexity, and the mel distance
-    decoding with only the first k codebooks, k = 1..K (each added codebook should lower it)."""
+    """Held-out reconstruction: mel distance, SI-SNR (dB), chroma cosine, per-codebook perplexity, and the
+    mel distance decoding with only the first k codebooks, k = 1..K (each added codebook should lower it)."""
     from evaluate import chroma_cosine, mel_distance, si_snr
     was_training = codec.training
     codec.eval()
@@ -247,6 +248,13 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
 
 
 # ==== stage 2: the language model ======================================================================
+def lm_config_for(codec: EncodecModel, lm_cfg: LMConfig, **changes) -> LMConfig:
+    """The LM's token streams come from the codec (n_q, codebook_size, frame_rate, sample_rate): copy
+    them instead of configuring them twice, so the two can never disagree."""
+    return replace(lm_cfg, n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
+                   sample_rate=codec.sample_rate, **changes)
+
+
 def encode_dataset(codec: EncodecModel, clips, device, batch_size=32):
     """Encode every clip once with the frozen codec (§4.1): (1, N) each → codes (K, T) each."""
     codes = []
@@ -299,8 +307,7 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
         codes = encode_dataset(codec, clips, device)
     else:
         clips, codes = encoded
-    cfg = replace(preset.lm, n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
-                  sample_rate=codec.sample_rate, pattern=pattern)
+    cfg = lm_config_for(codec, preset.lm, pattern=pattern)
     window = cfg.window_frames
     long_enough = [i for i, c in enumerate(codes) if c.shape[-1] >= window]
     if len(long_enough) < len(codes):
@@ -452,7 +459,7 @@ def parse_args(argv=None):
                    help="folder with audio + manifest.jsonl (default data/toy, generated if missing)")
     p.add_argument("--out", default="runs/tiny", help="run directory for checkpoints and samples")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="tiny: ~9 min on a 2-core CPU; long: bigger models, ~6× the steps (untested end to end)")
+                   help="tiny: ~9 min on a 2-core CPU; long: bigger models and 7-10× the steps (untested end to end)")
     p.add_argument("--pattern", default="delay",
                    choices=["parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e"],
                    help="codebook interleaving pattern of the LM (paper §2.2; default delay)")
