@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import data
 from conditioners import ConditionDropout, Tokenizer, word_dropout
-from encodec import (EncodecConfig, EncodecModel, MSSTFTDiscriminator, MultiScaleMelLoss, discriminator_hinge_loss,
+from encodec import (EncodecConfig, EncodecModel, MSSTFTDiscriminator, MultiScaleMelLoss, SemitoneLoss, discriminator_hinge_loss,
                      feature_matching_loss, generator_adversarial_loss)
 from rvq import perplexity
 from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
@@ -31,18 +31,20 @@ from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
 class Preset:
     """Training budgets. `tiny` fits the 10-minute CPU budget; `long` trades time for quality."""
     n_clips: int = 1000           # toy clips generated when --data is missing (paper: 20k hours)
-    codec_steps: int = 1800       # (EnCodec: 300k steps on GPUs)
+    codec_steps: int = 3000       # (EnCodec: 300k steps on GPUs)
     codec_batch: int = 16         # (EnCodec: 64 crops of 1 s)
-    codec_lr: float = 3e-3        # Adam, betas (0.5, 0.9) as EnCodec (which uses 3e-4 for 300k steps)
+    # Adam, betas (0.5, 0.9) as EnCodec (which uses 3e-4 for 300k steps). 2e-3 gave a lower mel distance
+    # (0.49 vs 0.52) but lost the melody (chroma cosine 0.34 vs 0.59) in our 3000-step runs.
+    codec_lr: float = 1e-3
     # Short crops (12 frames): on a CPU the number of updates, not the audio per update, limits how fast
-    # the codec learns; 0.24 s crops gave 4× more steps and a clearly better codec than 1 s crops in the
-    # same time (README, "Design notes"). The convs only see ~0.1 s of context anyway.
+    # the codec learns; with the SEANet codec 0.24 s crops gave 4× more steps and a clearly better codec
+    # than 1 s crops in the same time (README, "Design notes").
     codec_crop_seconds: float = 0.24
     # Quantizer warm-up: the first half of the codec steps train encoder + decoder without the RVQ, then
-    # every codebook is k-means-initialised on the trained encoder's latents. Quantizing from step 0 (as
-    # EnCodec does over 300k steps) let the codebooks lock onto the untrained encoder's pitch-less
-    # features: held-out chroma cosine of reconstructions 0.11 vs 0.46 with the warm-up (single runs;
-    # pitch learning is unstable at this budget, README "Results").
+    # every codebook is k-means-initialised on the trained encoder's latents. With the SEANet codec,
+    # quantizing from step 0 (as EnCodec does over 300k steps) let the codebooks lock onto the untrained
+    # encoder's pitch-less features (chroma cosine 0.11 vs 0.46 with the warm-up, single runs). Kept for
+    # the spectral codec, where k-means on trained latents costs nothing.
     codec_quantizer_warmup: float = 0.5
     codec: EncodecConfig = None   # the codec's size (defaults to EncodecConfig())
     lm_steps: int = 1000          # (paper: 1M steps)
@@ -141,6 +143,7 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
     # ---- model, losses, optimizers (EnCodec: Adam, betas (0.5, 0.9)) ----
     codec = EncodecModel(cfg).to(device)
     mel_loss = MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales).to(device)
+    pitch_loss = SemitoneLoss(cfg.sample_rate).to(device)
     optimizer = torch.optim.Adam(codec.parameters(), lr=preset.codec_lr, betas=(0.5, 0.9))
     disc = disc_optimizer = None
     if cfg.adversarial:
@@ -200,9 +203,12 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
             wav = codec_batch(train_wavs, ids, crop, generator).to(device)  # (B, 1, crop)
             quantize = step >= warmup_steps
             recon, codes, commitment = codec(wav, quantize=quantize)         # (B, 1, crop), (B, k, T)
-            # Reconstruction (EnCodec §3.4): time-domain L1 + multi-scale mel, + RVQ commitment.
-            l1, mel = (recon - wav).abs().mean(), mel_loss(wav, recon)
-            loss = cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.commitment_weight * commitment
+            # Reconstruction (EnCodec §3.4): time-domain L1 + multi-scale mel, + RVQ commitment; + our
+            # semitone loss (encodec.SemitoneLoss). Terms with weight 0 are not computed.
+            l1 = (recon - wav).abs().mean() if cfg.l1_weight else 0.0
+            mel = mel_loss(wav, recon)
+            pitch = pitch_loss(wav, recon) if cfg.pitch_weight else 0.0
+            loss = cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.pitch_weight * pitch + cfg.commitment_weight * commitment
             if disc is not None:
                 # Generator side: fool every scale of the discriminator, match its features on real audio.
                 real_outputs, fake_outputs = disc(wav), disc(recon)

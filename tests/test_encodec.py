@@ -13,10 +13,11 @@ def micro_config(**changes):
                                              mel_scales=(64, 128, 256), disc_filters=4), **changes))
 
 
+@pytest.mark.parametrize("spectral", [True, False])
 @pytest.mark.parametrize("n_samples", [1, 639, 641, 3 * 640 + 17])
-def test_lengths_for_odd_inputs(n_samples):
+def test_lengths_for_odd_inputs(n_samples, spectral):
     torch.manual_seed(0)
-    codec = encodec.EncodecModel(micro_config()).eval()
+    codec = encodec.EncodecModel(micro_config(spectral=spectral)).eval()
     wav = torch.randn(2, 1, n_samples)
     codes = codec.encode(wav)
     T = math.ceil(n_samples / 640)
@@ -64,8 +65,8 @@ def test_paper_config_parameter_count():
     # ~57M, most of it in the two 1024-wide LSTMs (2 × 16.8M); audiocraft's 32 kHz checkpoint is ~59M.
     assert 50e6 < n_params < 65e6
     assert model.quantizer.bitrate(cfg.frame_rate) == 2200  # 4 × 11 bits × 50 Hz
-    assert expected_parameter_count(micro_config()) == sum(
-        p.numel() for p in encodec.EncodecModel(micro_config()).parameters())
+    seanet = micro_config(spectral=False)
+    assert expected_parameter_count(seanet) == sum(p.numel() for p in encodec.EncodecModel(seanet).parameters())
 
 
 def test_losses_are_zero_for_identical_inputs():
@@ -76,6 +77,39 @@ def test_losses_are_zero_for_identical_inputs():
     outputs = disc(wav)
     assert encodec.feature_matching_loss(outputs, outputs).item() == 0.0
     assert encodec.MultiScaleMelLoss(16000, (64, 256))(wav, 0.5 * wav).item() > 0.1
+
+
+def test_istft_decoder_synthesis_rings_at_the_exact_frequency():
+    """Known answer: the magnitudes of a 131 Hz cosine's STFT and the offset δ = 131·n_fft/sr − k in every
+    bin must give back the cosine: a peak at 131 Hz (between the 25 Hz bins) and a flat envelope."""
+    decoder = encodec.ISTFTDecoder(micro_config(ratios=(8, 5, 4, 2)))  # hop 320: STFT hop 160, n_fft 640
+    sr, f, n = 16000, 131.0, 16000
+    wav = torch.cos(2 * math.pi * f * torch.arange(n) / sr)
+    spec = torch.stft(wav, decoder.n_fft, decoder.hop, window=decoder.window, return_complex=True)[..., :n // decoder.hop]
+    delta = f * decoder.n_fft / sr - decoder.bins                          # (n_freqs, 1): exact offsets
+    out = decoder.synthesize(spec.abs().log()[None], delta.expand_as(spec.real)[None])[0, 0]
+    assert out.shape == (n,)
+    middle = out[2000:14000]
+    envelope = middle.reshape(-1, 400).abs().max(dim=1).values             # peak per 25 ms
+    assert 0.97 < envelope.min() and envelope.max() < 1.03                  # amplitude 1, no beating
+    spectrum = torch.fft.rfft(middle * torch.hann_window(12000)).abs()
+    assert abs(spectrum.argmax().item() * sr / 12000 - f) < 1.5            # 131 Hz, not a bin centre (125/150)
+    # Without the offsets (δ = 0) every bin rings at its own centre: the peak moves off 131 Hz.
+    plain = decoder.synthesize(spec.abs().log()[None], torch.zeros_like(spec.real)[None])[0, 0, 2000:14000]
+    assert abs(torch.fft.rfft(plain * torch.hann_window(12000)).abs().argmax().item() * sr / 12000 - f) > 5
+
+
+def test_semitone_loss_hears_a_wrong_note():
+    loss = encodec.SemitoneLoss(16000)
+    bank = encodec.semitone_filterbank(2048, 16000)
+    assert bank.shape == (61, 1025) and abs(bank[69 - 40].argmax().item() * 16000 / 2048 - 440) < 4  # A4 band
+    t = torch.arange(8000) / 16000
+    tone = lambda f, gain=0.5: (gain * torch.sin(2 * math.pi * f * t))[None, None]
+    c3, c_sharp3 = tone(130.81), tone(138.59)
+    assert loss(c3, c3).item() == 0.0
+    # One semitone off costs more than being 2 dB too quiet.
+    quieter = tone(130.81, 0.5 * 10 ** (-2 / 20))
+    assert loss(c3, c_sharp3) > 2 * loss(c3, quieter)
 
 
 def test_mel_filterbank_shape_and_peaks():
