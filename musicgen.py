@@ -8,9 +8,12 @@ Data flow (shape letters as in DESIGN.md: B batch, K codebooks, T frames, S patt
 D model width, L text tokens, F chroma frames):
 
     codes (B, K, T) ──pattern.build──▶ sequence (B, K, S)           special token = codebook_size
-    sequence ──Σ_k Emb_k──▶ (B, S, D) ──prepend chroma (B, F, D)──▶ (B, F+S, D)
-    ──transformer, cross-attending to text (B, L, D)──▶ (B, F+S, D) ──drop prefix, K heads──▶
+    sequence ──Σ_k Emb_k──▶ (B, S, D) ──+ chroma of each step's frame (B, S, D)──▶ (B, S, D)
+    ──transformer, cross-attending to text (B, L, D)──▶ (B, S, D) ──K heads──▶
     logits (B, K, S, codebook_size) ──pattern.revert_logits──▶ (B, K, T, codebook_size) ──CE──▶ loss
+
+Deviation (ours): the paper prepends the chroma to the sequence (§2.4); we add it to the input of
+the step it belongs to (the "sum" fusion of the reference library's condition fuser). See MusicLM.
 
 Generation runs the same network one pattern step at a time with a KV cache (§3); classifier-free
 guidance runs the conditional and the null condition as one batch of 2B.
@@ -77,16 +80,19 @@ class MusicLM(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(cfg.codebook_size + 1, cfg.dim) for _ in range(cfg.n_q))
         self.text_encoder = TextEncoder(cfg.text_vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads,
                                         out_dim=cfg.dim)
-        # Melody: one-hot chroma (12) projected to D, prepended to the sequence (§2.4). No bias, so the
-        # null melody (all-zero chroma) is an all-zero prefix.
+        # Melody: one-hot chroma (12) projected to D (§2.4). No bias, so the null melody (all-zero chroma)
+        # adds nothing. Deviation: the paper *prepends* the F chroma frames (7.8 per second) to the
+        # sequence, and attention must learn which frame belongs to which step; our 1000-step LM never
+        # did (chroma cosine 0.19 with the melody vs 0.22 without, README). We resample the chroma to
+        # the steps instead and *add* it to each step's input, so the step that predicts frame t reads
+        # the melody at frame t directly. Same information, same bottleneck (argmax one-hot).
         self.chroma = ChromaExtractor(cfg.sample_rate)
         self.melody_projection = nn.Linear(12, cfg.dim, bias=False)
         self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cross_attention=True,
                                        causal=True, dropout=cfg.dropout)
         # One head per codebook, predicting the codebook_size real entries (never the special token).
         self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.codebook_size, bias=False) for _ in range(cfg.n_q))
-        # Window length in chroma frames F: the prefix is always F long (zeros when there is no melody),
-        # so token step s always sits at position F + s, in training and in generation alike.
+        # Window length in chroma frames F: the chroma of a window is always F frames (zeros = no melody).
         self.melody_frames = self.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]
 
     # ---- conditions --------------------------------------------------------------------------------
@@ -94,21 +100,38 @@ class MusicLM(nn.Module):
         """ids, mask (B, L) → condition (B, L, D) and its mask (B, L). An all-False row is the null text."""
         return self.text_encoder(ids, mask)
 
-    def melody_prefix(self, chroma: torch.Tensor) -> torch.Tensor:
-        """chroma (B, F, 12) one-hot (or all-zero = null melody) → prefix (B, F, D)."""
+    def step_frames(self, n_steps: int) -> torch.Tensor:
+        """(S,) for each pattern step s, the frame of the tokens the output at s predicts: those of step
+        s+1, lowest codebook first (delay: frame s; vall-e's second half: frames 0..T-1 again). Read off
+        the pattern itself, so it holds for all six patterns; steps with no real token keep the last frame."""
+        T = self.pattern.num_frames(n_steps)
+        frames = torch.arange(T).expand(1, self.cfg.n_q, T)                   # (1, K, T): t at (k, t)
+        layout = self.pattern.build(frames, -1)[0][0]                         # (K, S), -1 where empty
+        first_real = (layout >= 0).int().argmax(dim=0)                       # (S,) lowest k with a token
+        frame = layout.gather(0, first_real[None])[0]                         # (S,), -1 if the step is empty
+        steps = torch.arange(n_steps)
+        last_real = torch.cummax(torch.where(frame >= 0, steps, 0), dim=0).values
+        frame = frame[last_real]                                              # forward-fill empty steps
+        return torch.cat([frame[1:], frame[-1:]]).clamp(min=0)               # step s predicts step s+1
+
+    def melody_steps(self, chroma: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """chroma (B, F, 12) one-hot (or all-zero = null melody) → (B, S, D), one vector per step."""
         B, n_frames, n_bins = chroma.shape
         if n_frames != self.melody_frames or n_bins != 12:
             raise ValueError(f"chroma must be (B, {self.melody_frames}, 12), got {tuple(chroma.shape)}")
-        return self.melody_projection(chroma)  # (B, F, 12) -> (B, F, D)
+        # Frame t lies at t / frame_rate seconds, i.e. at chroma frame t · chroma_rate / frame_rate.
+        seconds = self.step_frames(n_steps).to(chroma.device) / self.cfg.frame_rate
+        index = (seconds * self.chroma.frame_rate).round().long().clamp(max=n_frames - 1)  # (S,)
+        return self.melody_projection(chroma[:, index])  # (B, F, 12) -> (B, S, 12) -> (B, S, D)
 
     # ---- the network -------------------------------------------------------------------------------
-    def forward(self, sequence, text, text_mask, prefix=None, cache=None):
+    def forward(self, sequence, text, text_mask, melody=None, cache=None):
         """One pass of the decoder.
 
         Args:
             sequence: (B, K, S) int64 tokens in [0, codebook_size] (codebook_size = special).
             text: (B, L, D) encoded description; text_mask: (B, L) bool, True = real token.
-            prefix: (B, F, D) melody prefix, given on the first call only (with a cache it is cached).
+            melody: (B, S, D) from melody_steps for these S steps, or None (= null melody).
             cache: KVCache for step-by-step decoding; positions continue from what it holds.
         Returns:
             logits (B, K, S, codebook_size).
@@ -117,12 +140,10 @@ class MusicLM(nn.Module):
         assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
         # Σ_k Emb_k(x_k): the K streams of one step become one vector (B, K, S) -> (B, S, D).
         x = sum(self.embeddings[k](sequence[:, k]) for k in range(K))
-        n_prefix = 0
-        if prefix is not None:
-            n_prefix = prefix.shape[1]
-            x = torch.cat([prefix, x], dim=1)  # (B, S, D) -> (B, F + S, D)
+        if melody is not None:
+            assert melody.shape == x.shape, f"melody {tuple(melody.shape)} must match the steps {tuple(x.shape)}"
+            x = x + melody  # (B, S, D): each step also reads the melody of the frame it predicts
         x = self.transformer(x, condition=text, condition_mask=text_mask, cache=cache)
-        x = x[:, n_prefix:]  # (B, F + S, D) -> (B, S, D): the prefix predicts nothing
         return torch.stack([head(x) for head in self.heads], dim=1)  # (B, S, D) -> (B, K, S, codebook_size)
 
     def compute_loss(self, codes, text, text_mask, chroma):
@@ -135,7 +156,7 @@ class MusicLM(nn.Module):
         """
         B, K, T = codes.shape
         sequence, _ = self.pattern.build(codes, self.special)  # (B, K, T) -> (B, K, S)
-        logits = self(sequence, text, text_mask, prefix=self.melody_prefix(chroma))  # (B, K, S, card)
+        logits = self(sequence, text, text_mask, melody=self.melody_steps(chroma, sequence.shape[-1]))  # (B, K, S, card)
         # Output step s predicts the tokens of step s+1; revert_logits applies that shift and tells which
         # (k, t) have a prediction at all. The mask comes from the pattern alone (never re-applied).
         logits, valid = self.pattern.revert_logits(logits)  # (B, K, S, card) -> (B, K, T, card), (K, T)
@@ -197,26 +218,24 @@ def generate_codes(lm: MusicLM, text, text_mask, chroma, n_frames, prompt=None, 
     # The pattern places every (k, t) at its step; still-unknown tokens are -1, special ones stay special.
     sequence, _ = lm.pattern.build(codes, lm.special)  # (B, K, T) -> (B, K, S)
     S = sequence.shape[-1]
-    prefix = lm.melody_prefix(chroma)
+    melody = lm.melody_steps(chroma, S)  # (B, S, D)
     if cfg_coef is not None:
         # CFG as one batch of 2B: first half conditional, second half the null condition
-        # (no text: an all-masked cross-attention; no melody: an all-zero prefix).
+        # (no text: an all-masked cross-attention; no melody: all-zero melody vectors).
         text = torch.cat([text, torch.zeros_like(text)])
         text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
-        prefix = torch.cat([prefix, torch.zeros_like(prefix)])
+        melody = torch.cat([melody, torch.zeros_like(melody)])
     # Steps before the first unknown token are known (start step + prompt): they are fed in one pass.
     unknown_steps = (sequence == unknown).any(dim=(0, 1)).nonzero()
     first = int(unknown_steps[0]) if len(unknown_steps) else S
     cache = KVCache() if use_cache else None
     fed = 0  # steps already inside the cache
     for s in range(first, S):  # predict step s from steps < s
-        if use_cache:
-            step_input, step_prefix = sequence[..., fed:s], (prefix if fed == 0 else None)
-        else:
-            step_input, step_prefix = sequence[..., :s], prefix
+        begin = fed if use_cache else 0  # with the cache only the new steps are fed
+        step_input = sequence[..., begin:s]
         if cfg_coef is not None:
             step_input = torch.cat([step_input, step_input])
-        logits = lm(step_input, text, text_mask, prefix=step_prefix, cache=cache)[:, :, -1]  # (B', K, card)
+        logits = lm(step_input, text, text_mask, melody=melody[:, begin:s], cache=cache)[:, :, -1]  # (B', K, card)
         fed = s
         if cfg_coef is not None:
             # CFG mix (§3): l = l_null + γ·(l_cond − l_null); γ = 1 is the conditional model alone.

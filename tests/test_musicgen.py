@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from musicgen import LMConfig, MusicLM, generate_codes, paper_config, sample_next_tokens
+from patterns import make_pattern
 from transformer import Transformer
 
 CARD = 16  # a tiny codebook keeps the tests fast
@@ -74,7 +75,7 @@ def test_null_condition_gives_finite_logits():
     text, mask, chroma = conditions(lm, null=True)
     assert not mask.any() and chroma.abs().sum() == 0
     sequence, _ = lm.pattern.build(random_codes(2, 8), lm.special)
-    logits = lm(sequence, text, mask, prefix=lm.melody_prefix(chroma))
+    logits = lm(sequence, text, mask, melody=lm.melody_steps(chroma, sequence.shape[-1]))
     assert torch.isfinite(logits).all()
     codes = generate_codes(lm, text, mask, chroma, n_frames=6, cfg_coef=3.0,
                            generator=torch.Generator().manual_seed(0))
@@ -169,3 +170,18 @@ def test_paper_config_decoder_size():
     n_tokens = cfg.n_q * (cfg.codebook_size + 1) * D + cfg.n_q * D * cfg.codebook_size
     assert 400e6 < n_decoder + n_tokens < 430e6  # our count; the paper rounds this model to "300M"
     assert cfg.frame_rate * 30 == 1500  # 30 s training windows of 50 Hz frames
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("delay", [0, 1, 2, 3, 4, 4, 4, 4, 4]),             # step s predicts codebook 1 of frame s
+    ("flatten", [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 5),
+    ("vall-e", [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4]),      # codebook 1 of every frame, then the rest again
+])
+def test_each_step_reads_the_melody_of_the_frame_it_predicts(pattern, expected):
+    lm = tiny_lm()
+    lm.pattern = make_pattern(pattern, 4)
+    S = lm.pattern.build(random_codes(1, 5), lm.special)[0].shape[-1]
+    assert lm.step_frames(S).tolist() == expected
+    # The null melody (all-zero chroma) adds nothing to any step.
+    chroma = torch.zeros(1, lm.melody_frames, 12)
+    assert lm.melody_steps(chroma, S).abs().sum() == 0
