@@ -12,6 +12,12 @@ with T = ceil(N / hop) and hop = prod(ratios) (paper: 640 at 32 kHz → 50 Hz; o
 loss and, optionally, a multi-scale STFT (MS-STFT) discriminator with hinge and feature-matching
 losses; the RVQ adds its commitment loss.
 
+Deviation (ours, `EncodecConfig.spectral`, on in the tiny codec): the SEANet encoder and decoder are
+replaced by an STFT encoder and an inverse-STFT decoder that predicts magnitudes and instantaneous
+frequencies (STFTEncoder, ISTFTDecoder), trained with the mel loss plus a semitone-spectrogram loss
+(SemitoneLoss). A few-minute SEANet rendered every note on a multiple of the 50 Hz frame rate, so
+melodies were lost (README, "Design notes"). The SEANet path is kept and builds the paper's codec.
+
 Shape letters (DESIGN.md): B batch, C channels, N samples, K codebooks, T frames, D latent dimension.
 Data flow: data.py clips → train.py stage 1 trains this model → train.py stage 2 encodes the dataset
 once into codes for the LM → musicgen.py decodes generated codes back to audio.

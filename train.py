@@ -46,6 +46,7 @@ class Preset:
     # encoder's pitch-less features (chroma cosine 0.11 vs 0.46 with the warm-up, single runs). Kept for
     # the spectral codec, where k-means on trained latents costs nothing.
     codec_quantizer_warmup: float = 0.5
+    codec_grad_clip: float = 10.0  # max gradient norm of a codec step (EnCodec: none)
     codec: EncodecConfig = None   # the codec's size (defaults to EncodecConfig())
     lm_steps: int = 1000          # (paper: 1M steps)
     lm_batch: int = 12            # (paper: 192 × 30 s)
@@ -216,6 +217,10 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
                     + cfg.feature_weight * feature_matching_loss(real_outputs, fake_outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # Gradient clipping (ours; EnCodec has none, DAC clips): one spike at the peak lr once threw
+            # the spectral decoder's log-magnitudes far past their clamp, where no gradient comes back
+            # (a 3600-step run fell to silence at step ~250). Healthy norms early on are ~10.
+            torch.nn.utils.clip_grad_norm_(codec.parameters(), preset.codec_grad_clip)
             optimizer.step()
             if disc is not None:
                 # Discriminator side: hinge loss on real vs (detached) reconstructions.
