@@ -177,7 +177,7 @@ class ConditionDropout:
     dropped, so text-only prompts stay in-distribution for a model trained with melodies.
     """
 
-    def __init__(self, p_cfg: float = 0.3, p_melody: float = 0.5):
+    def __init__(self, p_cfg: float = 0.3, p_melody: float = 0.2):
         self.p_cfg, self.p_melody = p_cfg, p_melody
 
     def __call__(self, descriptions, chroma: torch.Tensor, generator: torch.Generator):
