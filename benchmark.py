@@ -54,7 +54,7 @@ def time_training_steps(preset, n_steps: int = 10) -> dict:
 
     def codec_step():
         recon, _, commitment = codec(wav)
-        loss = mel(wav, recon) + pitch(wav, recon) + commitment  # the tiny codec's losses (no L1)
+        loss, _ = train.reconstruction_loss(preset.codec, wav, recon, commitment, mel, pitch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -85,15 +85,21 @@ class EncodecConfig:
 
     @property
     def stft_hop(self) -> int:
-        """Spectral codec: two STFT frames per latent frame (10 ms at 16 kHz), window 4 hops (75% overlap)."""
+        """Spectral codec: two STFT frames per latent frame (10 ms at 16 kHz)."""
         return self.hop_length // 2
+
+    @property
+    def stft_n_fft(self) -> int:
+        """Spectral codec: a Hann window of 4 hops (75% overlap, so overlap-add reconstructs exactly)."""
+        return 4 * self.stft_hop
 
 
 def paper_config() -> EncodecConfig:
     """The 32 kHz codec of MusicGen at full size: 4 codebooks × 2048 at 50 Hz = 2.2 kbps. Only its shapes
     and parameter count are tested; it is never trained here."""
     return EncodecConfig(sample_rate=32000, n_filters=64, ratios=(8, 5, 4, 4), dimension=128, n_q=4, snake=False,
-                         spectral=False, l1_weight=0.1, mel_weight=2.0, pitch_weight=0.0, codebook_size=2048, dead_threshold=2.0, adversarial=True,
+                         spectral=False, l1_weight=0.1, mel_weight=2.0, pitch_weight=0.0, codebook_size=2048,
+                         dead_threshold=2.0, adversarial=True,
                          disc_filters=32, disc_scales=(2048, 1024, 512, 256, 128))
 
 
@@ -229,7 +235,7 @@ class STFTEncoder(nn.Module):
     def __init__(self, cfg: EncodecConfig):
         super().__init__()
         channels = cfg.n_filters * 2 ** len(cfg.ratios)
-        self.hop, self.n_fft = cfg.stft_hop, 4 * cfg.stft_hop
+        self.hop, self.n_fft = cfg.stft_hop, cfg.stft_n_fft
         self.n_freqs = self.n_fft // 2 + 1
         self.per_frame = cfg.hop_length // self.hop  # STFT frames per latent frame (2)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
@@ -254,8 +260,8 @@ class ISTFTDecoder(nn.Module):
 
     Why not SEANet's transposed convs here: with quantized latents and a phase-blind mel loss, our
     few-minute SEANet decoder settled on repeating one waveform per latent frame, i.e. a comb of
-    harmonics of the 50 Hz frame rate (a C5 flute came out at 600 Hz, README). Here every STFT frame
-    gets, per frequency bin k, a log magnitude and an instantaneous frequency f_k = (k + δ_k)·sr/n_fft,
+    harmonics of the 50 Hz frame rate (a C6 flute at 1047 Hz came out at 600 Hz, README). Here every
+    STFT frame gets, per frequency bin k, a log magnitude and an instantaneous frequency f_k = (k + δ_k)·sr/n_fft,
     δ_k ∈ [-2, 2] bins; the phase is the running sum of the frequency,
 
         φ_k(s) = π·k + Σ_{s' ≤ s} 2π (k + δ_k(s')) · hop / n_fft,
@@ -269,7 +275,7 @@ class ISTFTDecoder(nn.Module):
     def __init__(self, cfg: EncodecConfig):
         super().__init__()
         channels = cfg.n_filters * 2 ** len(cfg.ratios)
-        self.hop, self.n_fft = cfg.stft_hop, 4 * cfg.stft_hop
+        self.hop, self.n_fft = cfg.stft_hop, cfg.stft_n_fft
         self.n_freqs = self.n_fft // 2 + 1
         self.per_frame = cfg.hop_length // self.hop
         self.layers = nn.Sequential(SameConv1d(cfg.dimension, channels, 7), LSTMSkip(channels, cfg.lstm_layers),
@@ -382,6 +388,12 @@ def mel_filterbank(n_fft, n_mels, sample_rate, f_min=40.0, f_max=None):
     return rise.minimum(fall).clamp(min=0).float()  # (n_mels, n_freqs)
 
 
+def spectral_distance(s, s_hat):
+    """mean|s − ŝ| + mean|log s − log ŝ| over two non-negative spectrograms: the linear term weights loud
+    partials, the log term hears quiet detail (EnCodec's per-scale frequency loss)."""
+    return (s - s_hat).abs().mean() + (torch.log(s + 1e-5) - torch.log(s_hat + 1e-5)).abs().mean()
+
+
 class MultiScaleMelLoss(nn.Module):
     """EnCodec's frequency loss: over FFT sizes s (window s, hop s/4), with mel spectrogram M_s,
 
@@ -408,8 +420,7 @@ class MultiScaleMelLoss(nn.Module):
     def forward(self, x, x_hat):
         loss = 0.0
         for s in self.scales:
-            m, m_hat = self.mel(x, s), self.mel(x_hat, s)
-            loss = loss + (m - m_hat).abs().mean() + (torch.log(m + 1e-5) - torch.log(m_hat + 1e-5)).abs().mean()
+            loss = loss + spectral_distance(self.mel(x, s), self.mel(x_hat, s))
         return loss / len(self.scales)
 
 
@@ -423,10 +434,11 @@ def semitone_filterbank(n_fft, sample_rate, lowest=40, highest=100):
 
 
 class SemitoneLoss(nn.Module):
-    """Our addition: the linear + log L1 distance of MultiScaleMelLoss on a semitone-spaced spectrogram
-    (2048-point STFT, 7.8 Hz bins at 16 kHz). At C3 (131 Hz) the mel bands are ~4 semitones apart, so a
-    wrong note mostly moves energy inside one band; here every note has its own band. It raised the
-    held-out chroma cosine of our codec's reconstructions from 0.40 to 0.52 (1800 steps, README)."""
+    """Our addition: the linear + log L1 distance of MultiScaleMelLoss (spectral_distance) on a
+    semitone-spaced spectrogram (2048-point STFT, 7.8 Hz bins at 16 kHz). At C3 (131 Hz) the mel bands
+    are ~4 semitones apart, so a wrong note mostly moves energy inside one band; here every note has
+    its own band. It raised the held-out chroma cosine of our codec's reconstructions from 0.40 to
+    0.52 (1800 steps, README)."""
 
     def __init__(self, sample_rate, n_fft=2048):
         super().__init__()
@@ -439,8 +451,7 @@ class SemitoneLoss(nn.Module):
         return self.bank @ (spec.abs() / self.window.sum())  # (B, 1, N) -> (B, n_notes, frames)
 
     def forward(self, x, x_hat):
-        s, s_hat = self.semitones(x), self.semitones(x_hat)
-        return (s - s_hat).abs().mean() + (torch.log(s + 1e-5) - torch.log(s_hat + 1e-5)).abs().mean()
+        return spectral_distance(self.semitones(x), self.semitones(x_hat))
 
 
 # ==== the MS-STFT discriminator (EnCodec §3.4) ==============================================================

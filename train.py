@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 import data
 from conditioners import ConditionDropout, Tokenizer, word_dropout
-from encodec import (EncodecConfig, EncodecModel, MSSTFTDiscriminator, MultiScaleMelLoss, SemitoneLoss, discriminator_hinge_loss,
-                     feature_matching_loss, generator_adversarial_loss)
+from encodec import (EncodecConfig, EncodecModel, MSSTFTDiscriminator, MultiScaleMelLoss, SemitoneLoss,
+                     discriminator_hinge_loss, feature_matching_loss, generator_adversarial_loss)
 from rvq import perplexity
 from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
 
@@ -91,6 +91,17 @@ def codec_batch(wavs, indices, crop, generator):
         piece = wav[:, start:start + crop]
         batch.append(torch.nn.functional.pad(piece, (0, crop - piece.shape[-1])))
     return torch.stack(batch)
+
+
+def reconstruction_loss(cfg: EncodecConfig, wav, recon, commitment, mel_loss, pitch_loss):
+    """EnCodec §3.4: time-domain L1 + multi-scale mel + RVQ commitment, plus our semitone loss
+    (encodec.SemitoneLoss), with the config's fixed weights. Terms with weight 0 are not computed.
+    wav, recon (B, 1, N). Returns (loss, mel term) as scalars."""
+    l1 = (recon - wav).abs().mean() if cfg.l1_weight else 0.0
+    mel = mel_loss(wav, recon)
+    pitch = pitch_loss(wav, recon) if cfg.pitch_weight else 0.0
+    loss = cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.pitch_weight * pitch + cfg.commitment_weight * commitment
+    return loss, mel
 
 
 @torch.no_grad()
@@ -204,12 +215,7 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
             wav = codec_batch(train_wavs, ids, crop, generator).to(device)  # (B, 1, crop)
             quantize = step >= warmup_steps
             recon, codes, commitment = codec(wav, quantize=quantize)         # (B, 1, crop), (B, k, T)
-            # Reconstruction (EnCodec §3.4): time-domain L1 + multi-scale mel, + RVQ commitment; + our
-            # semitone loss (encodec.SemitoneLoss). Terms with weight 0 are not computed.
-            l1 = (recon - wav).abs().mean() if cfg.l1_weight else 0.0
-            mel = mel_loss(wav, recon)
-            pitch = pitch_loss(wav, recon) if cfg.pitch_weight else 0.0
-            loss = cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.pitch_weight * pitch + cfg.commitment_weight * commitment
+            loss, mel = reconstruction_loss(cfg, wav, recon, commitment, mel_loss, pitch_loss)
             if disc is not None:
                 # Generator side: fool every scale of the discriminator, match its features on real audio.
                 real_outputs, fake_outputs = disc(wav), disc(recon)
