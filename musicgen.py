@@ -78,8 +78,12 @@ class MusicLM(nn.Module):
         self.cfg = cfg
         self.pattern = make_pattern(cfg.pattern, cfg.n_q)
         self.special = cfg.codebook_size  # the empty token of the pattern; embeddings get one extra row
-        # One table per codebook; at each step the K embeddings are *summed* into one vector (§2.3).
-        self.embeddings = nn.ModuleList(nn.Embedding(cfg.codebook_size + 1, cfg.dim) for _ in range(cfg.n_q))
+        # One table per codebook; at each step the K embeddings are *summed* into one vector (§2.3). The
+        # K tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
+        # one lookup of the offset tokens fetches all K (one call per step instead of K, 5x faster here).
+        self.embeddings = nn.Embedding(cfg.n_q * (cfg.codebook_size + 1), cfg.dim)
+        self.register_buffer("embedding_offsets", torch.arange(cfg.n_q)[:, None] * (cfg.codebook_size + 1),
+                             persistent=False)  # (K, 1)
         self.text_encoder = TextEncoder(cfg.text_vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads,
                                         out_dim=cfg.dim)
         # Melody: one-hot chroma (12) projected to D (§2.4). No bias, so the null melody (all-zero chroma)
@@ -92,8 +96,10 @@ class MusicLM(nn.Module):
         self.melody_projection = nn.Linear(12, cfg.dim, bias=False)
         self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cross_attention=True,
                                        causal=True, dropout=cfg.dropout)
-        # One head per codebook, predicting the codebook_size real entries (never the special token).
-        self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.codebook_size, bias=False) for _ in range(cfg.n_q))
+        # One linear head per codebook, predicting its codebook_size real entries (never the special
+        # token). The K heads are stored as one (K·card, D) matrix, head k being rows k·card..(k+1)·card:
+        # one matmul per step instead of K (decoding a step on a CPU is mostly per-call overhead).
+        self.heads = nn.Linear(cfg.dim, cfg.n_q * cfg.codebook_size, bias=False)
         # Window length in chroma frames F: the chroma of a window is always F frames (zeros = no melody).
         self.melody_frames = self.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]
 
@@ -141,12 +147,16 @@ class MusicLM(nn.Module):
         B, K, S = sequence.shape
         assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
         # Σ_k Emb_k(x_k): the K streams of one step become one vector (B, K, S) -> (B, S, D).
-        x = sum(self.embeddings[k](sequence[:, k]) for k in range(K))
+        low, high = torch.aminmax(sequence)  # with stacked tables a bad token would silently read the next table
+        if low < 0 or high > self.special:
+            raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
+        x = self.embeddings(sequence + self.embedding_offsets).sum(dim=1)  # (B, K, S) -> (B, K, S, D) -> (B, S, D)
         if melody is not None:
             assert melody.shape == x.shape, f"melody {tuple(melody.shape)} must match the steps {tuple(x.shape)}"
             x = x + melody  # (B, S, D): each step also reads the melody of the frame it predicts
         x = self.transformer(x, condition=text, condition_mask=text_mask, cache=cache)
-        return torch.stack([head(x) for head in self.heads], dim=1)  # (B, S, D) -> (B, K, S, codebook_size)
+        logits = self.heads(x)  # (B, S, D) -> (B, S, K · codebook_size)
+        return logits.view(B, S, K, -1).transpose(1, 2)  # -> (B, S, K, card) -> (B, K, S, card)
 
     def compute_loss(self, codes, text, text_mask, chroma):
         """Cross-entropy of §2.3, averaged over codebooks, on the real (non-special) positions only.
@@ -189,7 +199,8 @@ def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, to
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     elif top_k > 0:
         # Top-k: keep the k most likely tokens (k capped at codebook_size).
-        kth = probs.topk(min(top_k, card), dim=-1).values[..., -1:]
+        # The k-th largest is the (card - k + 1)-th smallest; kthvalue finds it ~2x faster than topk(k).
+        kth = probs.kthvalue(card - min(top_k, card) + 1, dim=-1, keepdim=True).values  # (B, K, 1)
         probs = probs.masked_fill(probs < kth, 0.0)
     probs = probs / probs.sum(-1, keepdim=True)
     # Sample: inverse-CDF with one uniform number per (b, k).
@@ -379,5 +390,10 @@ def load_lm(path):
     except Exception as error:
         raise ValueError(f"{path}: not a readable LM checkpoint ({type(error).__name__}: {error})") from None
     lm = MusicLM(cfg)
-    lm.load_state_dict(ckpt["model"])
+    try:
+        lm.load_state_dict(ckpt["model"])
+    except RuntimeError as error:  # e.g. written by an older musicgen.py with other parameter names
+        first_line = str(error).splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit this musicgen.py ({first_line}); retrain with "
+                         f"`python train.py --stage lm`") from None
     return lm, Tokenizer(ckpt["vocab"]), ckpt

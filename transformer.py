@@ -23,7 +23,6 @@ Deviations: the reference (audiocraft) has bias-free linear layers but LayerNorm
 the LayerNorm bias too so that the model is literally bias-free.
 """
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -117,8 +116,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
         self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
+        # W_K and W_V side by side in one (2D, D) matrix: one matmul instead of two per step (decoding a
+        # step is mostly per-call overhead on a CPU), the same maths as two separate projections.
+        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
 
     def split_heads(self, x):
@@ -127,7 +127,8 @@ class MultiHeadAttention(nn.Module):
 
     def keys_values(self, source):
         """source (B, Sk, D) -> keys, values, each (B, H, Sk, Dh): what a KV cache stores."""
-        return self.split_heads(self.to_k(source)), self.split_heads(self.to_v(source))
+        keys, values = self.to_kv(source).chunk(2, dim=-1)  # (B, Sk, D) -> (B, Sk, 2D) -> 2 x (B, Sk, D)
+        return self.split_heads(keys), self.split_heads(values)
 
     def forward(self, x, keys, values, mask=None, is_causal=False):
         """x (B, S, D) attends to keys/values (B, H, Sk, Dh) -> (B, S, D)."""
@@ -136,14 +137,54 @@ class MultiHeadAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(B, S, D))  # (B, H, S, Dh) -> (B, S, D)
 
 
-@dataclass
 class LayerCache:
-    """What one layer keeps between decoding steps."""
-    keys: torch.Tensor = None          # (B, H, S_cached, Dh) self-attention keys of all past steps
-    values: torch.Tensor = None        # (B, H, S_cached, Dh)
-    cross_keys: torch.Tensor = None    # (B, H, L, Dh) from the condition, computed on the first call
-    cross_values: torch.Tensor = None  # (B, H, L, Dh)
-    cross_mask: torch.Tensor = None    # (B, 1, 1, L) bool or None
+    """What one layer keeps between decoding steps.
+
+    The self-attention keys/values of past steps live in preallocated buffers that double when full:
+    appending a step writes it in place. (The obvious `torch.cat([past, new])` copies the whole past at
+    every step; that copy was 20% of a cached step's time at 4 s.)
+    """
+
+    def __init__(self):
+        self.length = 0              # steps held
+        self.key_buffer = None       # (B, H, capacity, Dh), the first `length` steps valid
+        self.value_buffer = None     # (B, H, capacity, Dh)
+        self.cross_keys = None       # (B, H, L, Dh) from the condition, computed on the first call
+        self.cross_values = None     # (B, H, L, Dh)
+        self.cross_mask = None       # (B, 1, 1, L) bool or None
+
+    def append(self, keys, values):
+        """Add the new steps' keys/values (B, H, S, Dh); return all held so far, 2 x (B, H, length, Dh)."""
+        B, H, S, Dh = keys.shape
+        end = self.length + S
+        if self.key_buffer is None or end > self.key_buffer.shape[2]:
+            capacity = max(64, 2 * end)  # doubling: each step is copied O(1) times on average
+            grown_keys, grown_values = keys.new_empty(B, H, capacity, Dh), values.new_empty(B, H, capacity, Dh)
+            if self.length:
+                grown_keys[:, :, :self.length] = self.key_buffer[:, :, :self.length]
+                grown_values[:, :, :self.length] = self.value_buffer[:, :, :self.length]
+            self.key_buffer, self.value_buffer = grown_keys, grown_values
+        self.key_buffer[:, :, self.length:end] = keys  # in place: the past is not copied
+        self.value_buffer[:, :, self.length:end] = values
+        self.length = end
+        return self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+
+    def set_condition(self, keys, values, mask):
+        """Store the cross-attention keys/values (B, H, L, Dh) and mask (B, 1, 1, L) | None, prepared
+        once for all the steps to come; returns what is stored.
+
+        A row with no key at all (the null condition of CFG) must add exactly 0; `attention` ensures it
+        with a few extra ops per call. Here it is done once: such a row's values are set to 0 and it
+        may attend to every key, so its output is a weighted sum of zeros = 0. A mask that then allows
+        everything is dropped, which lets SDPA take its unmasked path (e.g. CFG with one description).
+        """
+        if mask is not None:
+            has_key = mask.any(dim=-1, keepdim=True)  # (B, 1, 1, L) -> (B, 1, 1, 1)
+            values = values * has_key                  # (B, H, L, Dh), zero for the rows without a key
+            mask = mask | ~has_key
+            mask = None if bool(mask.all()) else mask
+        self.cross_keys, self.cross_values, self.cross_mask = keys, values, mask
+        return keys, values, mask
 
 
 class KVCache:
@@ -152,6 +193,7 @@ class KVCache:
     Self-attention K/V grow by the new steps at each call; the cross-attention K/V depend only on the
     condition, so they are computed once on the first call and reused. `start` is the absolute position
     of the first cached step; a call without an explicit offset continues at `start + length`.
+    Decoding only: the buffers are written in place, which autograd cannot differentiate through.
     """
 
     def __init__(self):
@@ -161,15 +203,12 @@ class KVCache:
     @property
     def length(self) -> int:
         """Number of steps held (0 before the first call)."""
-        if not self.layers or self.layers[0].keys is None:
-            return 0
-        return self.layers[0].keys.shape[2]
+        return self.layers[0].length if self.layers else 0
 
     def crop(self, n: int):
         """Keep only the first n cached steps (e.g. to re-run a suffix); the condition's K/V stay."""
         for layer in self.layers:
-            if layer.keys is not None:
-                layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
+            layer.length = min(layer.length, n)
 
     def reset(self):
         """Forget everything, condition included (e.g. before a new sliding window)."""
@@ -188,7 +227,12 @@ class DecoderBlock(nn.Module):
         self.cross_attention = MultiHeadAttention(dim, n_heads) if cross_attention else None
         self.norm_ffn = nn.LayerNorm(dim, bias=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim, bias=False), nn.GELU(), nn.Linear(ffn_dim, dim, bias=False))
-        self.dropout = nn.Dropout(dropout)  # on each residual branch; 0 by default
+        self.dropout = dropout  # probability on each residual branch; 0 by default
+
+    def drop(self, branch):
+        """Dropout on a residual branch, in training only. (A plain check, not an nn.Dropout module: a
+        module call per branch and step is a measurable share of decoding one step at a time.)"""
+        return F.dropout(branch, self.dropout) if self.training and self.dropout > 0 else branch
 
     def forward(self, x, condition=None, condition_mask=None, padding_mask=None, layer_cache=None):
         """x (B, S, D); condition (B, L, D) | None; condition_mask (B, L) bool | None;
@@ -197,10 +241,7 @@ class DecoderBlock(nn.Module):
         h = self.norm_self(x)
         keys, values = self.self_attention.keys_values(h)  # (B, S, D) -> 2 x (B, H, S, Dh)
         if layer_cache is not None:
-            if layer_cache.keys is not None:
-                keys = torch.cat([layer_cache.keys, keys], dim=2)  # (B, H, S_cached + S, Dh)
-                values = torch.cat([layer_cache.values, values], dim=2)
-            layer_cache.keys, layer_cache.values = keys, values
+            keys, values = layer_cache.append(keys, values)  # (B, H, S, Dh) -> (B, H, S_cached + S, Dh)
         n_queries, n_keys = x.shape[1], keys.shape[2]
         mask, is_causal = None, False
         if self.causal and n_queries > 1:  # a single new step may see every cached step: no mask
@@ -211,7 +252,7 @@ class DecoderBlock(nn.Module):
         if padding_mask is not None:
             key_mask = padding_mask[:, None, None, :]  # (B, Sk) -> (B, 1, 1, Sk)
             mask = key_mask if mask is None else mask & key_mask
-        x = x + self.dropout(self.self_attention(h, keys, values, mask, is_causal))
+        x = x + self.drop(self.self_attention(h, keys, values, mask, is_causal))
 
         # ---- cross-attention to the condition (text, §2.4) ----
         if self.cross_attention is not None:
@@ -223,16 +264,16 @@ class DecoderBlock(nn.Module):
                 # (B, L) -> (B, 1, 1, L): one key mask shared by all heads and queries
                 cross_mask = None if condition_mask is None else condition_mask[:, None, None, :]
                 if layer_cache is not None:
-                    layer_cache.cross_keys, layer_cache.cross_values = cross_keys, cross_values
-                    layer_cache.cross_mask = cross_mask
+                    cross_keys, cross_values, cross_mask = layer_cache.set_condition(cross_keys, cross_values,
+                                                                                    cross_mask)
             else:
                 cross_keys = None  # no condition at all: the sub-layer is skipped (the same as all-masked)
             if cross_keys is not None:
                 # A fully masked condition row attends to nothing and adds exactly 0 (see `attention`).
-                x = x + self.dropout(self.cross_attention(self.norm_cross(x), cross_keys, cross_values, cross_mask))
+                x = x + self.drop(self.cross_attention(self.norm_cross(x), cross_keys, cross_values, cross_mask))
 
         # ---- position-wise feed-forward ----
-        return x + self.dropout(self.ffn(self.norm_ffn(x)))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
 
 
 class Transformer(nn.Module):
@@ -255,6 +296,15 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(dim, n_heads, ffn_dim, cross_attention, causal, dropout)
                                     for _ in range(n_layers))
         self.norm_out = nn.LayerNorm(dim, bias=False)
+        self.position_table = torch.zeros(0, dim)  # sinusoidal_positions(0..n-1), extended on demand
+
+    def positions(self, offset: int, S: int, device) -> torch.Tensor:
+        """(S, D) position embeddings of offset..offset+S-1, read from a table that is recomputed only
+        when a longer one (or another device) is needed: sin/cos at every decoding step is measurable."""
+        end = offset + S
+        if end > self.position_table.shape[0] or self.position_table.device != torch.device(device):
+            self.position_table = sinusoidal_positions(torch.arange(max(end, 256), device=device), self.dim)
+        return self.position_table[offset:end]
 
     def forward(self, x, condition=None, condition_mask=None, cache=None, offset=None, padding_mask=None):
         """Run the decoder on new steps.
@@ -298,8 +348,7 @@ class Transformer(nn.Module):
                 cache.start = offset
         offset = 0 if offset is None else offset
         # Absolute position of new step i is offset + i: the same position it has in one full pass.
-        positions = torch.arange(offset, offset + S, device=x.device)
-        x = x + sinusoidal_positions(positions, D).to(x.dtype)  # (S, D) broadcast over B
+        x = x + self.positions(offset, S, x.device).to(x.dtype)  # (S, D) broadcast over B
         for i, block in enumerate(self.blocks):
             x = block(x, condition, condition_mask, padding_mask, None if cache is None else cache.layers[i])
         return self.norm_out(x)

@@ -56,18 +56,37 @@ def test_loss_ignores_special_positions():
         output.retain_grad()
         head_outputs.append(output)
 
-    for head in lm.heads:
-        head.register_forward_hook(keep_output)
+    lm.heads.register_forward_hook(keep_output)  # the K heads as one linear: output (B, S, K · card)
     T = 10
     loss, _ = lm.compute_loss(random_codes(2, T), text, mask, chroma)
     loss.backward()
     _, real = lm.pattern.build(random_codes(1, T), lm.special)  # (K, S): True where step s holds a real token
-    for k, output in enumerate(head_outputs):
-        grad_norm = output.grad.abs().sum(dim=(0, 2))  # (B, S, card) -> (S,)
+    B, S, _ = head_outputs[0].shape
+    per_head_grad = head_outputs[0].grad.view(B, S, lm.cfg.n_q, -1)  # (B, S, K · card) -> (B, S, K, card)
+    for k in range(lm.cfg.n_q):
+        grad_norm = per_head_grad[:, :, k].abs().sum(dim=(0, 2))  # (B, S, card) -> (S,)
         predicts_real = torch.zeros_like(real[k])
         predicts_real[:-1] = real[k][1:]  # output at step s predicts step s+1
         assert (grad_norm[~predicts_real] == 0).all()
         assert (grad_norm[predicts_real] > 0).all()
+
+
+def test_stacked_embedding_tables_equal_k_separate_tables_and_reject_bad_tokens():
+    """The K tables live in one matrix; looking up token x of codebook k must read table k, row x."""
+    lm = tiny_lm()
+    text, mask, _ = conditions(lm)
+    sequence = torch.randint(0, CARD + 1, (2, 4, 6), generator=torch.Generator().manual_seed(3))
+    tables = lm.embeddings.weight.view(4, CARD + 1, -1)  # (K · (card + 1), D) -> (K, card + 1, D)
+    expected = sum(tables[k][sequence[:, k]] for k in range(4))  # Σ_k Emb_k(x_k), (B, S, D)
+    seen = []
+    lm.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        lm(sequence, text, mask)
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    for bad in (-1, CARD + 1):  # -1 = a still-unknown token fed by mistake; CARD + 1 would read table k + 1
+        sequence[0, 1, 2] = bad
+        with pytest.raises(ValueError, match="tokens must be in"):
+            lm(sequence, text, mask)
 
 
 def test_null_condition_gives_finite_logits():

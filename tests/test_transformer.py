@@ -84,6 +84,34 @@ def test_cached_decoding_equals_the_full_pass(impl, chunks):
     assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-5)
 
 
+def test_one_step_at_a_time_past_buffer_growth_with_null_and_padded_conditions_equals_the_full_pass(impl):
+    """150 single steps: the cache's buffers double twice (64 -> 128 -> 300 steps); the batch holds a
+    padded description, a full one and the null condition (all masked), which the cache prepares once."""
+    model = make_model()
+    g = torch.Generator().manual_seed(2)
+    x, condition = torch.randn(3, 150, D, generator=g), torch.randn(3, L, D, generator=g)
+    condition_mask = torch.tensor([[True, True, False, False, False], [True] * L, [False] * L])
+    with torch.no_grad():
+        full = model(x, condition, condition_mask)
+        cache = KVCache()
+        steps = [model(x[:, s:s + 1], condition, condition_mask, cache=cache) for s in range(150)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    assert cache.layers[0].key_buffer.shape[2] >= 150 and cache.length == 150
+
+
+def test_the_cache_prepares_the_null_condition_once():
+    """Rows without any key get zero values and an all-True mask; an all-True mask is dropped."""
+    cache = transformer.LayerCache()
+    keys, values = torch.randn(2, H, L, D // H), torch.randn(2, H, L, D // H)
+    mask = torch.tensor([[True] * L, [False] * L])[:, None, None, :]  # (B, 1, 1, L): a description, the null
+    _, stored_values, stored_mask = cache.set_condition(keys, values, mask)
+    assert stored_mask is None  # nothing left to mask: SDPA's unmasked path
+    assert torch.equal(stored_values[0], values[0]) and (stored_values[1] == 0).all()
+    padded = torch.tensor([[True, False, False, False, False], [False] * L])[:, None, None, :]
+    _, _, stored_mask = cache.set_condition(keys, values, padded)
+    assert stored_mask[0, 0, 0].tolist() == [True, False, False, False, False] and stored_mask[1].all()
+
+
 def test_condition_is_read_once_then_served_from_the_cache():
     model = make_model()
     x, condition, condition_mask = make_inputs()
