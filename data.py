@@ -5,7 +5,7 @@ for melody conditioning it removes drums and bass with a source separator before
 chromagram (§2.4). We cannot ship that, so this file synthesises a small, fully labelled stand-in:
 
   clip = monophonic melody (C major or C natural minor, tonic always C, so the modes differ in
-         E/Eb, A/Ab, B/Bb) at one of 3 tempi, in a low (C3..C4) or high (C5..C6) register,
+         E/Eb, A/Ab, B/Bb) at one of 3 tempi, in a low (C4..C5) or high (C5..C6) register,
          played by one of 5 synthesised instruments, with or without a drum pattern.
 
 Every clip is written as a real 16-bit wav plus its melody-only stem (our stand-in for the
@@ -45,7 +45,11 @@ ATTRIBUTES = {"instrument": ("flute", "clarinet", "strings", "guitar", "bell"),
               "register": ("low", "high"), "drums": ("drums", "no drums")}
 BPM = {"slow": 70, "medium": 110, "fast": 160}
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # natural minor
-TONIC_MIDI = {"low": 48, "high": 72}  # C3 and C5; melodies span scale degrees 0..7 (one octave)
+# C4 and C5; melodies span scale degrees 0..7 (one octave), so the registers meet at C5. The low register
+# was C3..C4 until the tiny codec's reconstructions were measured per register: below ~260 Hz its 25 Hz
+# STFT bins (and 3.5 minutes of training) lose the pitch class (chroma cosine 0.23 low vs 0.84 high),
+# which made mode and melody unlearnable for half the clips (README, "Design notes").
+TONIC_MIDI = {"low": 60, "high": 72}
 # Combinations seen only in the held-out split: every instrument, mode and tempo still appears in
 # training (each mode 3 times here, each tempo twice, each instrument at least once).
 HELDOUT_COMBOS = (("flute", "minor", "fast"), ("clarinet", "major", "slow"),
