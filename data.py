@@ -5,8 +5,8 @@ for melody conditioning it removes drums and bass with a source separator before
 chromagram (§2.4). We cannot ship that, so this file synthesises a small, fully labelled stand-in:
 
   clip = monophonic melody (C major or C natural minor, tonic always C, so the modes differ in
-         E/Eb, A/Ab, B/Bb) at one of 3 tempi, in a low (C4..C5) or high (C5..C6) register,
-         played by one of 5 synthesised instruments, with or without a drum pattern.
+         E/Eb, A/Ab, B/Bb; the first note is the third) at one of 3 tempi, in a low (C4..C5) or
+         high (C5..C6) register, played by one of 5 synthesised instruments, with or without drums.
 
 Every clip is written as a real 16-bit wav plus its melody-only stem (our stand-in for the
 separated, drum-free audio the paper extracts chroma from), and one `manifest.jsonl` line with a
@@ -57,6 +57,10 @@ HELDOUT_COMBOS = (("flute", "minor", "fast"), ("clarinet", "major", "slow"),
                   ("bell", "minor", "slow"), ("strings", "major", "fast"))
 HELDOUT_FRACTION = 0.12
 OMIT_FRACTION = 0.2  # train descriptions that leave one attribute unsaid
+# Scale degree of every melody's first note: 2 = the third, the note that tells major from minor.
+# It was 0 (the tonic, shared by both modes) until we measured that the LM ignored the mode words;
+# the first note is the one it must choose from the text alone (README, "Design notes").
+FIRST_DEGREE = 2
 
 
 # ----------------------------------------------------------------------------- audio helpers
@@ -162,7 +166,9 @@ BAR_PATTERNS = ((1, 1, 1, 1), (1.5, .5, 1, 1), (1, 1, 1.5, .5), (1, .5, .5, 2),
 
 
 def _compose(bpm, mode, register, duration, rng, modal_share=0.3):
-    """A random walk on scale degrees 0..7, tonic first and last, tonic triad on strong beats.
+    """A random walk on scale degrees 0..7 starting on the third, ending on the tonic, tonic triad on
+    strong beats. The first note is the one an LM must choose from the description alone (there is
+    no audio before it); starting on the third (E or Eb) makes that note tell the mode.
     Returns notes as (onset seconds, length seconds, MIDI note or 0 for a rest)."""
     beats, t, end = [], 0.0, duration * bpm / 60  # (onset, length, is rest) in beats
     while t < end:
@@ -175,7 +181,7 @@ def _compose(bpm, mode, register, duration, rng, modal_share=0.3):
         degrees, previous = {}, 0
         for i in sounding:
             if i == sounding[0]:
-                degree = 0
+                degree = FIRST_DEGREE
             elif beats[i][0] % 2 == 0:  # beats 1 and 3 of the bar: a tonic-triad tone nearby
                 triad = np.array([0, 2, 4, 7])
                 weights = 1 / (1 + abs(triad - previous))

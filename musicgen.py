@@ -56,6 +56,11 @@ class LMConfig:
     # gave chroma cosine 0.33 vs 0.28 with 0.5, same adherence (README).
     melody_dropout: float = 0.2
     word_dropout: float = 0.1     # text augmentation (audiocraft: 0.3 on T5 descriptions)
+    # Loss weight of the first frames of each window, which only the conditions can predict (paper: 1;
+    # see compute_loss). 10 frames × 20 put half of a 4 s window's loss on its first 0.2 s; the LM then
+    # followed the mode words (swapping "major"/"minor" raised their loss 0.92 -> 1.01), melody 0.40 -> 0.50.
+    start_frames: int = 10
+    start_weight: float = 20.0
 
     @property
     def window_frames(self) -> int:
@@ -164,7 +169,8 @@ class MusicLM(nn.Module):
         Args:
             codes: (B, K, T) int64; text (B, L, D), text_mask (B, L); chroma (B, F, 12).
         Returns:
-            loss (scalar) and per-codebook losses (K,) for logging.
+            loss (scalar, the training objective, frame-weighted) and the plain per-codebook
+            cross-entropies (K,) for logging and held-out evaluation.
         """
         B, K, T = codes.shape
         sequence, _ = self.pattern.build(codes, self.special)  # (B, K, T) -> (B, K, S)
@@ -172,11 +178,21 @@ class MusicLM(nn.Module):
         # Output step s predicts the tokens of step s+1; revert_logits applies that shift and tells which
         # (k, t) have a prediction at all. The mask comes from the pattern alone (never re-applied).
         logits, valid = self.pattern.revert_logits(logits)  # (B, K, S, card) -> (B, K, T, card), (K, T)
-        per_codebook = torch.stack([
-            F.cross_entropy(logits[:, k][:, valid[k]].reshape(-1, logits.shape[-1]),
-                            codes[:, k][:, valid[k]].reshape(-1))
-            for k in range(K)])
-        return per_codebook.mean(), per_codebook.detach()
+        # Deviation (ours, README "Design notes"): the first start_frames frames of the window weigh
+        # start_weight times more. There the LM has no audio to go on and must choose from the
+        # conditions alone; later frames are mostly predictable from the audio before them, so in a
+        # plain average the description is worth a few tokens in 800 and our 1000-step LM never
+        # learned the mode words. start_weight = 1 is the paper's plain mean.
+        frame_weight = torch.ones(T, device=codes.device)
+        frame_weight[:self.cfg.start_frames] = self.cfg.start_weight
+        objective, per_codebook = [], []
+        for k in range(K):
+            ce = F.cross_entropy(logits[:, k][:, valid[k]].reshape(-1, logits.shape[-1]),
+                                 codes[:, k][:, valid[k]].reshape(-1), reduction="none")  # (B · T_k,), b-major
+            weight = frame_weight[valid[k]].repeat(B)                                    # (T_k,) -> (B · T_k,)
+            objective.append((ce * weight).sum() / weight.sum())
+            per_codebook.append(ce.mean().detach())  # the plain cross-entropy, for logging and evaluation
+        return torch.stack(objective).mean(), torch.stack(per_codebook)
 
 
 # ---- sampling (§3) ---------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_manifest_format(toy):
         assert all(p == 0 or low <= p <= high for p in pitch)
         scale = data.SCALES[attributes["mode"]]
         assert all(p == 0 or (p % 12) in scale for p in pitch)
-        assert pitch[0] == low  # every melody starts on the tonic C
+        assert pitch[0] == low + scale[data.FIRST_DEGREE]  # every melody starts on the third (E or Eb)
 
 
 def test_descriptions_state_their_attributes(toy):

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from musicgen import LMConfig, MusicLM, generate_codes, paper_config, sample_next_tokens
 from patterns import make_pattern
@@ -44,6 +45,28 @@ def test_loss_at_initialisation_is_near_ln_codebook_size(pattern):
     loss, per_codebook = lm.compute_loss(random_codes(2, 25), text, mask, chroma)
     assert per_codebook.shape == (4,)
     assert abs(loss.item() - math.log(CARD)) < 0.15 * math.log(CARD)
+
+
+def test_loss_weights_the_first_frames_and_reports_the_plain_cross_entropy():
+    """Hand-computed: the objective is the frame-weighted mean; per_codebook stays the plain mean."""
+    lm = tiny_lm("parallel")  # parallel: output step t predicts frame t for every codebook, all valid
+    lm.cfg.start_frames, lm.cfg.start_weight = 2, 3.0
+    text, mask, chroma = conditions(lm)
+    codes = random_codes(2, 6)
+    with torch.no_grad():
+        loss, per_codebook = lm.compute_loss(codes, text, mask, chroma)
+        sequence, _ = lm.pattern.build(codes, lm.special)
+        logits, valid = lm.pattern.revert_logits(lm(sequence, text, mask, melody=lm.melody_steps(chroma, sequence.shape[-1])))
+    assert valid.all()
+    ce = F.cross_entropy(logits.permute(0, 3, 1, 2), codes, reduction="none")  # (B, K, T)
+    weight = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])  # frames 0, 1 weigh 3
+    expected = ((ce * weight).sum(dim=(0, 2)) / (weight.sum() * 2)).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert torch.allclose(per_codebook, ce.mean(dim=(0, 2)), atol=1e-5)
+    lm.cfg.start_weight = 1.0  # the paper's plain mean
+    with torch.no_grad():
+        plain, _ = lm.compute_loss(codes, text, mask, chroma)
+    assert torch.allclose(plain, ce.mean(), atol=1e-5)
 
 
 def test_loss_ignores_special_positions():
