@@ -421,7 +421,10 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
                             tok_s=f"{tokens_seen / (time.time() - started):.0f}")
             if step % eval_every == 0 or step == max_steps:
                 valid = evaluate_lm()
-                tqdm.write(f"step {step}: train loss {loss.item():.3f}, held-out loss {valid.mean():.3f} "
+                # Plain cross-entropies on both sides (the objective also weighs the first frames, see
+                # MusicLM.compute_loss), so that train and held-out losses can be compared.
+                tqdm.write(f"step {step}: train loss {per_codebook.mean():.3f} (objective {loss.item():.3f}), "
+                           f"held-out loss {valid.mean():.3f} "
                            f"per codebook {[round(x, 3) for x in valid.tolist()]} "
                            f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
                 save(step)
