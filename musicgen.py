@@ -71,7 +71,7 @@ def paper_config() -> LMConfig:
     """MusicGen-small at full size (§4.1): 300M parameters in the decoder. Built in tests, never trained here."""
     return LMConfig(n_q=4, codebook_size=2048, frame_rate=50.0, sample_rate=32000, dim=1024, n_layers=24,
                     n_heads=16, ffn_dim=4096, window_seconds=30.0, text_vocab_size=32128, text_dim=768,
-                    text_layers=12, text_heads=12)
+                    text_layers=12, text_heads=12, start_weight=1.0)  # the paper's plain mean loss
 
 
 class MusicLM(nn.Module):
