@@ -84,9 +84,14 @@ class EncodecConfig:
         return self.sample_rate / self.hop_length
 
     @property
+    def stft_frames_per_latent(self) -> int:
+        """Spectral codec: STFT frames per latent frame (stacked by the encoder, unstacked by the decoder)."""
+        return 2
+
+    @property
     def stft_hop(self) -> int:
-        """Spectral codec: two STFT frames per latent frame (10 ms at 16 kHz)."""
-        return self.hop_length // 2
+        """Spectral codec: the STFT hop, 10 ms at 16 kHz."""
+        return self.hop_length // self.stft_frames_per_latent
 
     @property
     def stft_n_fft(self) -> int:
@@ -237,7 +242,7 @@ class STFTEncoder(nn.Module):
         channels = cfg.n_filters * 2 ** len(cfg.ratios)
         self.hop, self.n_fft = cfg.stft_hop, cfg.stft_n_fft
         self.n_freqs = self.n_fft // 2 + 1
-        self.per_frame = cfg.hop_length // self.hop  # STFT frames per latent frame (2)
+        self.per_frame = cfg.stft_frames_per_latent  # STFT frames per latent frame (2)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.layers = nn.Sequential(
             SameConv1d(self.per_frame * self.n_freqs, channels, 3),
@@ -277,7 +282,7 @@ class ISTFTDecoder(nn.Module):
         channels = cfg.n_filters * 2 ** len(cfg.ratios)
         self.hop, self.n_fft = cfg.stft_hop, cfg.stft_n_fft
         self.n_freqs = self.n_fft // 2 + 1
-        self.per_frame = cfg.hop_length // self.hop
+        self.per_frame = cfg.stft_frames_per_latent
         self.layers = nn.Sequential(SameConv1d(cfg.dimension, channels, 7), LSTMSkip(channels, cfg.lstm_layers),
                                     *[ResidualBlock(cfg, channels, dilation=d) for d in (1, 3)], activation(cfg))
         # Per latent frame and STFT frame: n_freqs log magnitudes and n_freqs frequency offsets.
