@@ -182,3 +182,24 @@ def test_bad_checkpoints_and_inputs_raise_clear_errors(tmp_path):
         codec.encode(torch.randn(1, 2, 640))
     with pytest.raises(ValueError, match="codes must lie"):
         codec.decode(torch.full((1, 4, 3), 16))
+
+
+def test_istft_decoder_frequency_offsets_stay_within_a_bin_and_keep_their_gradient():
+    """Pins a fix: δ was bounded only by a clamp at ±2 bins, whose gradient is 0 beyond it, and trained
+    decoders parked most loud bins there. Now δ = tanh(raw): within ±1 bin, and always trainable."""
+    cfg = micro_config(ratios=(8, 5, 4, 2))
+    decoder = encodec.ISTFTDecoder(cfg)
+    half = decoder.n_freqs * decoder.per_frame  # the head's outputs: log magnitudes, then the δ
+    with torch.no_grad():
+        decoder.head.bias[half:] = 5.0  # every raw δ far beyond the bound
+    seen, original = {}, decoder.synthesize
+
+    def spy(log_magnitude, delta):  # records the δ that reaches the synthesis
+        seen["delta"] = delta
+        return original(log_magnitude, delta)
+    decoder.synthesize = spy
+    wav = decoder(torch.randn(1, cfg.dimension, 6))
+    assert seen["delta"].abs().max() < 1.0
+    readout = torch.randn(wav.shape, generator=torch.Generator().manual_seed(0))
+    (wav * readout).sum().backward()
+    assert decoder.head.bias.grad[half:].abs().max() > 0, "no gradient reaches δ beyond the bound"
