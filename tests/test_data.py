@@ -293,3 +293,13 @@ def test_user_folder_gets_stable_hash_split(tmp_path):
     assert 0 < splits.count("heldout") < 15
     clip = data.load_clips(tmp_path, 16000, split="train")[0]
     assert clip.wav.shape == (1, 160) and clip.melody_wav is None and clip.attributes == {}
+
+
+def test_every_beat_starts_a_note():
+    """The onsets are exactly periodic (data.BAR_PATTERNS): a sounding note on every beat, none between."""
+    for tempo, bpm in data.BPM.items():
+        notes = data._compose(bpm, "minor", "low", 4.0, np.random.default_rng(7))
+        beat = 60 / bpm
+        onsets = [round(onset / beat, 6) for onset, _, midi in notes if midi]  # in beats
+        assert onsets == [float(i) for i in range(len(onsets))], tempo
+        assert len(onsets) == math.ceil(4.0 / beat)
