@@ -47,10 +47,10 @@ ATTRIBUTES = {"instrument": ("flute", "clarinet", "strings", "guitar", "bell"),
 BPM = {"slow": 70, "medium": 110, "fast": 160}
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # natural minor
 # C5 and C6; melodies span scale degrees 0..7 (one octave), so the registers meet at C6. The low register
-# was C3..C4, then C4..C5, as the tiny codec's reconstructions were measured per register: below ~260 Hz
-# its 25 Hz STFT bins (and 3.5 minutes of training) lose the pitch class (chroma cosine 0.23 low vs 0.84
-# high), and at C4..C5 the probe still heard the mode in only 46% of reconstructed held-out clips (81%
-# with C5..C7), which made mode and melody unlearnable for many clips (README, "Design notes").
+# was C3..C4, then C4..C5, each time because the tiny codec kept the pitch class of the low register far
+# worse than of the high one (chroma of reconstructions 0.23 vs 0.84 at C3/C5; the probe heard the mode
+# in only 46% of reconstructed clips at C4..C6, 81% at C5..C7). Much of that gap turned out to be the
+# decoder's frequency-offset bug (encodec.ISTFTDecoder.forward), fixed since (README, "Design notes").
 TONIC_MIDI = {"low": 72, "high": 84}
 # Combinations seen only in the held-out split: every instrument, mode and tempo still appears in
 # training (each mode 3 times here, each tempo twice, each instrument at least once).

@@ -295,6 +295,7 @@ class ISTFTDecoder(nn.Module):
         """log_magnitude, delta (B, n_freqs, S) -> wav (B, 1, S·hop): the equation above, then torch.istft."""
         B, n_freqs, S = log_magnitude.shape
         magnitude = torch.exp(log_magnitude.clamp(max=7.0))  # clamp: no overflow early in training
+        # forward passes δ within ±1 bin; the clamp only guards direct callers (e.g. exact offsets in tests)
         omega = 2 * math.pi * (self.bins + delta.clamp(-2.0, 2.0)) * self.hop / self.n_fft  # radians per STFT hop
         phase = math.pi * self.bins + torch.cumsum(omega, dim=-1)                           # (B, n_freqs, S)
         wav = torch.istft(torch.polar(magnitude, phase), self.n_fft, self.hop, window=self.window, length=S * self.hop)
