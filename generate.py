@@ -88,8 +88,9 @@ def main(argv=None):
         audio = model.generate_with_chroma(descriptions, wav[None].expand(len(descriptions), -1, -1), rate)
     elif prompt is not None:
         wav, rate = prompt
-        if wav.shape[-1] * model.sample_rate / rate < model.codec.hop_length:
-            fail(f"--prompt {args.prompt} is shorter than one codec frame")
+        if wav.shape[-1] / rate < model.min_prompt_seconds:
+            fail(f"--prompt {args.prompt} is shorter than {model.min_prompt_seconds:.2f} s "
+                 f"(one codec frame beyond the encoder's look-ahead)")
         descriptions = texts or [""]
         audio = model.generate_continuation(wav[None].expand(len(descriptions), -1, -1), rate, descriptions)
     elif texts:

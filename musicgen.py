@@ -337,16 +337,30 @@ class MusicGen:
         return self._generate(list(descriptions), melody=melody.to(self.device))
 
     def generate_continuation(self, prompt, prompt_sample_rate: int, descriptions=None) -> torch.Tensor:
-        """prompt: (B, C, N) audio; the output starts with it (re-encoded) and continues it."""
+        """prompt: (B, C, N) audio; the output starts with it (re-encoded) and continues it.
+
+        Deviation (ours; the reference keeps every prompt frame): the codec's encoder looks
+        `lookahead_frames` ahead (0.18 s on the tiny codec), so the prompt's last frames were encoded
+        as if the music stopped at the cut. Fed to the LM, they told it the note was ending: in 48
+        continuations cut 4 frames into a note, the first new note came 0-2 frames after the cut
+        instead of one beat after the onset (README, "Design notes"). We drop those frames and let the
+        LM generate them; the output still starts with the prompt up to its last 0.18 s."""
         from data import resample
         prompt = prompt if prompt.dim() == 3 else prompt[None]
         descriptions = [""] * prompt.shape[0] if descriptions is None else list(descriptions)
         wav = resample(prompt.mean(dim=1, keepdim=True).float(), prompt_sample_rate, self.sample_rate)
-        n_prompt = wav.shape[-1] // self.codec.hop_length  # whole frames only: no padded tail
+        lookahead = self.codec.lookahead_frames
+        n_prompt = wav.shape[-1] // self.codec.hop_length - lookahead  # whole frames the cut did not touch
         if n_prompt < 1:
-            raise ValueError("the prompt is shorter than one codec frame")
+            raise ValueError(f"the prompt is shorter than {self.min_prompt_seconds:.2f} s: the codec's "
+                             f"encoder looks {lookahead} frames ahead, so at least {lookahead + 1} frames are needed")
         codes = self.codec.encode(wav.to(self.device))[..., :n_prompt]  # (B, 1, N) -> (B, K, Tp)
         return self._generate(descriptions, prompt=codes)
+
+    @property
+    def min_prompt_seconds(self) -> float:
+        """Shortest prompt generate_continuation takes: one frame beyond the encoder's look-ahead."""
+        return (self.codec.lookahead_frames + 1) * self.codec.hop_length / self.sample_rate
 
     # -- the loop over windows --
     @torch.inference_mode()

@@ -203,3 +203,21 @@ def test_istft_decoder_frequency_offsets_stay_within_a_bin_and_keep_their_gradie
     readout = torch.randn(wav.shape, generator=torch.Generator().manual_seed(0))
     (wav * readout).sum().backward()
     assert decoder.head.bias.grad[half:].abs().max() > 0, "no gradient reaches δ beyond the bound"
+
+
+@pytest.mark.parametrize("spectral", [True, False])
+def test_lookahead_frames_is_exactly_what_a_cut_changes(spectral):
+    """Encoding audio cut after 20 frames must leave frames 0 .. 20 - lookahead - 1 as they were in the
+    uncut encoding (their receptive field ends before the cut) and change frame 20 - lookahead (its
+    field reaches past the cut, into the zero padding). Fails if the look-ahead is over- or under-counted."""
+    torch.manual_seed(0)
+    codec = encodec.EncodecModel(micro_config(spectral=spectral)).eval()
+    lookahead = codec.lookahead_frames
+    assert 1 <= lookahead < 20
+    wav = torch.randn(1, 1, 32 * codec.hop_length)
+    with torch.no_grad():
+        whole = codec.encoder(wav)[..., :20]                    # (1, D, 32) -> (1, D, 20)
+        cut = codec.encoder(wav[..., :20 * codec.hop_length])   # (1, D, 20)
+    kept = 20 - lookahead
+    assert torch.allclose(cut[..., :kept], whole[..., :kept], atol=1e-6)  # in practice bit-identical
+    assert (cut[..., kept] - whole[..., kept]).abs().max() > 1e-5  # the edge of the field: small, not zero

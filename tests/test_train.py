@@ -55,6 +55,25 @@ def test_generate_writes_a_wav_of_the_requested_length(run, tmp_path):
         assert rate == 16000 and len(wav) == 16000
 
 
+def test_continuation_drops_the_prompt_frames_that_saw_the_cut(run, dataset, monkeypatch):
+    """The encoder looks `lookahead_frames` ahead, so a cut prompt's last frames are encoded as if the music
+    stopped there. generate_continuation must hand the LM only the frames the cut did not touch: exactly
+    the uncut clip's codes of those frames."""
+    from musicgen import MusicGen
+    model = MusicGen.load(run)
+    clip = data.load_clips(dataset, model.sample_rate)[0].wav[None]  # (1, 1, N)
+    n_frames = 30
+    given = {}
+    monkeypatch.setattr(model, "_generate", lambda descriptions, prompt=None, **kw: given.update(prompt=prompt))
+    model.generate_continuation(clip[..., :n_frames * model.codec.hop_length], model.sample_rate, ["a tune"])
+    kept = n_frames - model.codec.lookahead_frames
+    assert given["prompt"].shape == (1, model.codec.n_q, kept)
+    assert torch.equal(given["prompt"], model.codec.encode(clip)[..., :kept])
+    with pytest.raises(ValueError, match="prompt is shorter"):
+        model.generate_continuation(clip[..., :model.codec.lookahead_frames * model.codec.hop_length],
+                                    model.sample_rate)
+
+
 def test_generate_with_melody_and_prompt(run, tmp_path, dataset):
     clip = sorted(dataset.glob("**/*.wav"))[0]
     wav, rate = sf.read(clip, dtype="float32")
@@ -68,7 +87,8 @@ def test_generate_with_melody_and_prompt(run, tmp_path, dataset):
 
 
 @pytest.mark.parametrize("case", ["missing run", "corrupt run", "empty text", "negative duration",
-                                  "absurd duration", "missing melody", "corrupt melody", "short melody"])
+                                  "absurd duration", "missing melody", "corrupt melody", "short melody",
+                                  "short prompt"])
 def test_generate_bad_input_exits_2_with_one_line(case, run, tmp_path):
     args = ["--run", run, "--text", "a tune", "--duration", 1.0, "--out", tmp_path / "z.wav"]
     if case == "missing run":
@@ -93,6 +113,9 @@ def test_generate_bad_input_exits_2_with_one_line(case, run, tmp_path):
     elif case == "short melody":
         sf.write(tmp_path / "short.wav", np.zeros(10, dtype=np.float32), 16000)
         args += ["--melody", tmp_path / "short.wav"]
+    elif case == "short prompt":  # 0.1 s: shorter than the encoder's look-ahead plus one frame
+        sf.write(tmp_path / "short_prompt.wav", np.zeros(1600, dtype=np.float32), 16000)
+        args += ["--prompt", tmp_path / "short_prompt.wav"]
     result = generate(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
