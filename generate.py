@@ -28,8 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--run", default="runs/tiny", help="run directory holding codec.pt and lm.pt")
     p.add_argument("--text", action="append", help="a description; repeat for a batch")
     p.add_argument("--melody", help="wav whose chroma (melody) the output should follow")
-    p.add_argument("--prompt", help="wav to continue (at least 0.2 s); the output starts with it, up to its "
-                                    "last 0.18 s, which the LM regenerates (README, Design notes)")
+    p.add_argument("--prompt", help="wav to continue (tiny codec: at least 0.2 s); the output starts with it, up to "
+                                    "its last 0.18 s, which the LM regenerates (README, Design notes)")
     p.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the training window)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same output")
     p.add_argument("--out", default="out.wav", help="output wav (a batch adds _0, _1, ...)")
