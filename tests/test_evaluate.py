@@ -106,6 +106,28 @@ def test_chroma_cosine_against_transposed_melodies():
     assert 0.35 < evaluate.chroma_cosine(scale, half, 16000) < 0.65
 
 
+def test_beat_strength_tells_a_steady_beat_from_random_onsets():
+    """Known answer: decaying 880 Hz pings every 0.5 s (120 BPM, a lag of 25 frames) vs the same number of
+    pings at random times; the beat lag is found and the score drops when the onsets lose their period."""
+    n, rate = 4 * 16000, 16000
+    t = torch.arange(int(0.2 * rate)) / rate
+    ping = torch.sin(2 * torch.pi * 880 * t) * torch.exp(-t / 0.05)
+    def pings(onsets):
+        wav = torch.zeros(n + len(t))
+        for onset in onsets:
+            wav[int(onset * rate):int(onset * rate) + len(t)] += ping
+        return wav[:n]
+    steady = pings([0.5 * i for i in range(8)])
+    scattered = pings(sorted(torch.rand(8, generator=torch.Generator().manual_seed(0)).mul(3.8).tolist()))
+    wav = torch.stack([steady, scattered])[:, None]  # (2, 1, N)
+    log_mel = torch.log(evaluate.mel_filterbank(1024, 40, rate)
+                        @ torch.stft(wav[:, 0], 1024, 320, window=torch.hann_window(1024), return_complex=True).abs() ** 2 + 1e-4)
+    assert int(evaluate.onset_autocorrelation(log_mel)[0, 14:50].argmax()) + 15 == 25  # lag 25 frames = 0.5 s
+    strength = evaluate.beat_strength(wav)
+    assert strength[0] > 0.5 and strength[1] < strength[0] - 0.2, strength
+    assert torch.allclose(evaluate.beat_strength(0.1 * wav), strength, atol=1e-3)  # loudness-invariant
+
+
 # ---- the probe --------------------------------------------------------------------------------------
 def test_probe_features_are_loudness_invariant():
     wav = tune(C_MAJOR)
@@ -148,13 +170,16 @@ def test_listening_page_has_one_audio_tag_per_sample(tmp_path):
 
 
 def test_markdown_tables_list_every_row():
-    row = dict(adherence=0.5, kl=0.1, frechet=2.0)
-    results = {"probe.accuracy": 0.97, "table1": {"unconditional": row, "text, cfg_coef 3": row},
+    row = dict(adherence=0.5, kl=0.1, frechet=2.0, beat=0.25)
+    old_row = dict(adherence=0.5, kl=0.1, frechet=2.0)  # a results.json from before the beat column
+    results = {"probe.accuracy": 0.97, "table1": {"unconditional": old_row, "text, cfg_coef 3": row},
                "table3": {name: dict(valid_nll_per_codebook=[1.0, 2.0], adherence=0.5, frechet=1.0,
                                      decoding_steps_10s=250, generation_seconds=1.0) for name in ("delay", "flatten")}}
     markdown = evaluate.results_markdown(results)
     for name in ("unconditional", "text, cfg_coef 3", "delay", "flatten"):
         assert f"| {name} |" in markdown
+    assert "| text, cfg_coef 3 | 0.500 | 0.100 | 2.000 | 0.25 |" in markdown
+    assert "| unconditional | 0.500 | 0.100 | 2.000 | – |" in markdown
 
 
 # ---- end to end on a micro budget (needs train.py, encodec.py, conditioners.py) ----------------------
