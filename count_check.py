@@ -15,17 +15,18 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
   --noisy-finer   codebooks 2..4 are random every frame (the codec's finer codebooks cost 2.8-4.5 nats)
   --hide-finer    the LM's inputs of codebooks 2..4 are replaced by the special token
 
-Measured (1000 steps, ~2 min each on 2 CPU cores; "new note" = a token that is neither the run's token
-nor its partner, nor the rest):
+Measured (1000 steps, ~2.5 min each on 2 CPU cores; "new note" = a token that is neither the run's token
+nor its partner, nor the rest; rows marked * come from this script's first version, which gave the finer
+codebooks one random token per run):
                                           P(new note) teacher-forced   sampled runs on the
                                           on the beat     inside        half-beat grid (± 2)
-    clean runs                            0.98            0.00          0.96-1.00
-    --rests 0.25                          0.98            0.00
-    --flicker 0.02                        0.83            0.02
-    --flicker 0.1                         0.13            0.12
-    --codebooks 4 --noisy-finer           0.08            0.04
-    ... --hide-finer                      0.95            0.00
-    --pitch-tracks data/toy                                             0.96-1.00 (data: 1.00)
+    clean runs                            0.98            0.00          0.98-1.00
+    --rests 0.25 *                        0.98            0.00
+    --flicker 0.02 *                      0.83            0.02
+    --flicker 0.1                         0.10            0.14          (flickering runs are off-grid)
+    --codebooks 4 --noisy-finer           0.05            0.04          0.06-0.26
+    ... --hide-finer                      0.96            0.00          0.88-0.95
+    --pitch-tracks data/toy                                             0.94-1.00 (data: 1.00)
 
 Shape letters: B batch, K codebooks, T frames (200 = 4 s at 50 Hz).
 Data flow: synthetic codes -> musicgen.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
