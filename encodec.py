@@ -22,6 +22,7 @@ Shape letters (DESIGN.md): B batch, C channels, N samples, K codebooks, T frames
 Data flow: data.py clips → train.py stage 1 trains this model → train.py stage 2 encodes the dataset
 once into codes for the LM → musicgen.py decodes generated codes back to audio.
 """
+import functools
 import math
 import os
 from dataclasses import dataclass, asdict
@@ -354,7 +355,7 @@ class EncodecModel(nn.Module):
         """wav (B, 1, N) -> codes (B, K, T), T = ceil(N / hop). Never updates the codebooks."""
         return self.quantizer.encode(self.encoder(self._pad(wav)), n_q)
 
-    @property
+    @functools.cached_property  # structural: measured once per model
     def lookahead_frames(self) -> int:
         """How many of an encoding's last frames depend on audio *after* its end.
 
@@ -365,18 +366,16 @@ class EncodecModel(nn.Module):
         the uncut clip's in 63 of 64 cuts). Measured, not derived, so it holds for both encoders: change
         only the last frame of a noise signal and count the earlier frames whose latent moves.
         """
-        if getattr(self, "_lookahead", None) is None:
-            T = 64
-            generator = torch.Generator().manual_seed(0)
-            wav = torch.randn(1, 1, T * self.hop_length, generator=generator)
-            changed = wav.clone()
-            changed[..., -self.hop_length:] = torch.randn(self.hop_length, generator=generator)
-            device = next(self.parameters()).device
-            with torch.no_grad():
-                z, z_changed = (self.encoder(w.to(device)) for w in (wav, changed))  # (1, D, T) each
-            moved = (z - z_changed).abs().amax(dim=1)[0] > 0                        # (T,)
-            self._lookahead = T - 1 - int(moved.nonzero()[0])  # the last frame itself does not count
-        return self._lookahead
+        T = 64
+        generator = torch.Generator().manual_seed(0)
+        wav = torch.randn(1, 1, T * self.hop_length, generator=generator)
+        changed = wav.clone()
+        changed[..., -self.hop_length:] = torch.randn(self.hop_length, generator=generator)
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            z, z_changed = (self.encoder(w.to(device)) for w in (wav, changed))  # (1, D, T) each
+        moved = (z - z_changed).abs().amax(dim=1)[0] > 0                        # (T,)
+        return T - 1 - int(moved.nonzero()[0])  # the last frame itself does not count
 
     @torch.no_grad()
     def decode(self, codes):

@@ -56,14 +56,8 @@ def probe_features(wav, sample_rate=PROBE_RATE):
     B, C, N = wav.shape
     if C != 1:
         raise ValueError(f"wav: expected (B, 1, N) mono audio, got {tuple(wav.shape)}")
-    if sample_rate != PROBE_RATE:
-        wav = data.resample(wav, sample_rate, PROBE_RATE)  # (B, 1, N) -> (B, 1, N')
-    x = wav[:, 0].float()  # (B, N)
-    # Loudness-invariant: generated audio need not be as loud as the data.
-    x = x / x.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp(min=1e-4)
     # Timbre and register: log-mel statistics over time (mean = spectral envelope, std = its movement).
-    power = torch.stft(x, 1024, 320, window=torch.hann_window(1024), return_complex=True).abs() ** 2  # (B, 513, T50)
-    log_mel = torch.log(mel_filterbank(1024, 40, PROBE_RATE) @ power + 1e-4)  # (B, 40, T50), 50 frames/s
+    x, power, log_mel = normalised_log_mel(wav, sample_rate)  # (B, N'), (B, 513, T50), (B, 40, T50)
     # Mode: soft pitch-class profile (energy per pitch class, 60 Hz-2.1 kHz). We keep the *soft*
     # profile rather than ChromaExtractor's argmax one-hot: under drums the argmax of some frames
     # flips to a drum bin, while the summed energy still holds the E/Eb, A/Ab, B/Bb balance.
@@ -88,6 +82,19 @@ def probe_features(wav, sample_rate=PROBE_RATE):
     return torch.cat([log_mel.mean(-1), log_mel.std(-1), 10 * profile, autocorr, drums], dim=-1)  # (B, E)
 
 
+def normalised_log_mel(wav, sample_rate=PROBE_RATE):
+    """wav (B, 1, N) -> (x (B, N') at PROBE_RATE with unit RMS, power (B, 513, T50), log-mel (B, 40, T50)):
+    1024-point STFT, hop 320 = 50 frames/s. Unit RMS makes every feature loudness-invariant: generated
+    audio need not be as loud as the data."""
+    if sample_rate != PROBE_RATE:
+        wav = data.resample(wav, sample_rate, PROBE_RATE)  # (B, 1, N) -> (B, 1, N')
+    x = wav[:, 0].float()  # (B, N')
+    x = x / x.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp(min=1e-4)
+    power = torch.stft(x, 1024, 320, window=torch.hann_window(1024), return_complex=True).abs() ** 2  # (B, 513, T50)
+    log_mel = torch.log(mel_filterbank(1024, 40, PROBE_RATE) @ power + 1e-4)  # (B, 40, T50)
+    return x, power, log_mel
+
+
 def onset_autocorrelation(log_mel, max_lag=100):
     """log_mel (B, M, T) at 50 frames/s -> (B, max_lag): r[l] / r[0] for lags l = 1..max_lag frames of the
     onset strength (positive spectral flux, mean removed). A steady beat of period P frames peaks at l = P."""
@@ -103,10 +110,7 @@ def beat_strength(wav, sample_rate=PROBE_RATE):
     200-60 BPM; the toy tempi are 0.86, 0.55 and 0.38 s). Real toy clips score ~0.6, a clip whose notes
     start at random times ~0.2. Not in the paper; it tracks our LM's weakest skill (README, "The LM
     does not keep a beat"). wav (B, 1, N) -> (B,)."""
-    x = data.resample(wav, sample_rate, PROBE_RATE)[:, 0].float() if sample_rate != PROBE_RATE else wav[:, 0].float()
-    x = x / x.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp(min=1e-4)  # loudness-invariant, as the probe
-    power = torch.stft(x, 1024, 320, window=torch.hann_window(1024), return_complex=True).abs() ** 2  # (B, 513, T50)
-    log_mel = torch.log(mel_filterbank(1024, 40, PROBE_RATE) @ power + 1e-4)  # (B, 40, T50)
+    _, _, log_mel = normalised_log_mel(wav, sample_rate)  # (B, 1, N) -> (B, 40, T50)
     return onset_autocorrelation(log_mel)[:, 14:50].amax(-1)  # lags 15..50 frames: (B, 100) -> (B,)
 
 
