@@ -75,6 +75,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def lm_optimizer(lm, lr: float) -> torch.optim.AdamW:
+    """AdamW as the paper (betas 0.9, 0.95; weight decay 0.1), the decay on matrices only: shrinking
+    LayerNorm gains and biases towards 0 is not regularisation."""
+    return torch.optim.AdamW([{"params": [p for p in lm.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                              {"params": [p for p in lm.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
 def cosine_lr(step: int, max_steps: int, warmup: int, lr: float) -> float:
     """Linear warmup, then cosine decay to 10% (paper: cosine schedule with warmup)."""
     if step < warmup:
@@ -355,9 +363,7 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
           f"vocabulary {len(tokenizer.vocab)} words, {len(train_ids)} train / {len(valid_ids)} held-out clips")
 
     # ---- optimizer: AdamW as the paper, (0.9, 0.95), weight decay 0.1 on matrices only ----
-    optimizer = torch.optim.AdamW([{"params": [p for p in lm.parameters() if p.dim() >= 2], "weight_decay": 0.1},
-                                   {"params": [p for p in lm.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=preset.lm_lr, betas=(0.9, 0.95))
+    optimizer = lm_optimizer(lm, preset.lm_lr)
     generator = torch.Generator().manual_seed(seed)  # batches and condition dropout
     step = 0
     if ckpt is not None:
