@@ -13,7 +13,7 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
                   (the codec's tokens flicker inside a held note: 21-29% of frames under drums)
   --rests p       a run is a half-beat note then a half-beat rest with probability p (as in the toy bars)
   --noisy-finer   codebooks 2..4 are random every frame (the codec's finer codebooks cost 2.8-4.5 nats)
-  --hide-finer    the LM's inputs of codebooks 2..4 are replaced by the special token
+  --hide-finer    the LM reads codebook 1 only (LMConfig.input_codebooks = 1, as train.py's tiny preset)
 
 Measured (1000 steps, ~2.5 min each on 2 CPU cores; "new note" = a token that is neither the run's token
 nor its partner, nor the rest; rows marked * come from earlier versions of this script, with a slightly
@@ -114,15 +114,9 @@ def main():
     # ---- model: the tiny preset's LM, no condition dropout (the tempo word is all it gets) ----
     cfg = LMConfig(n_q=args.codebooks, codebook_size=256, frame_rate=50.0, sample_rate=16000, dim=128, n_layers=4,
                    n_heads=4, ffn_dim=512, dropout=0.1, text_vocab_size=8, cfg_dropout=0.0, melody_dropout=1.0,
-                   word_dropout=0.0, start_weight=1.0)
+                   word_dropout=0.0, start_weight=1.0,
+                   input_codebooks=1 if args.hide_finer else args.codebooks)  # --hide-finer: read codebook 1 only
     lm = MusicLM(cfg)
-    if args.hide_finer:  # the LM reads codebook 1 only; it still predicts all K
-        forward = lm.forward
-        def hidden_forward(sequence, *rest, **kw):
-            sequence = sequence.clone()
-            sequence[:, 1:] = lm.special
-            return forward(sequence, *rest, **kw)
-        lm.forward = hidden_forward
     describe = lambda tempo: lm.encode_text((tempo + 2)[:, None], torch.ones(len(tempo), 1, dtype=torch.bool))
     no_melody = lambda B: torch.zeros(B, lm.melody_frames, 12)
 

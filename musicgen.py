@@ -5,12 +5,16 @@ streams of an audio codec through a codebook interleaving pattern, is enough to 
 cascade of models, no upsampler. This file holds that one LM and the user-facing `MusicGen` front.
 
 Data flow (shape letters as in DESIGN.md: B batch, K codebooks, T frames, S pattern steps,
-D model width, L text tokens, F chroma frames):
+D model width, L text tokens, F chroma frames, K_in codebooks the LM reads):
 
     codes (B, K, T) ──pattern.build──▶ sequence (B, K, S)           special token = codebook_size
-    sequence ──Σ_k Emb_k──▶ (B, S, D) ──+ chroma of each step's frame (B, S, D)──▶ (B, S, D)
+    sequence ──Σ_k≤K_in Emb_k──▶ (B, S, D) ──+ chroma of each step's frame (B, S, D)──▶ (B, S, D)
     ──transformer, cross-attending to text (B, L, D)──▶ (B, S, D) ──K heads──▶
     logits (B, K, S, codebook_size) ──pattern.revert_logits──▶ (B, K, T, codebook_size) ──CE──▶ loss
+
+Deviation (ours): the tiny LM reads codebook 1's tokens only (LMConfig.input_codebooks; the paper
+sums all K embeddings), while still predicting all K: the near-random finer codebooks drowned the
+note timing in our tiny model (README, "The LM does not keep a beat").
 
 Deviation (ours): the paper prepends the chroma to the sequence (§2.4); we add it to the input of
 the step it belongs to (the "sum" fusion of the reference library's condition fuser). See MusicLM.
@@ -51,16 +55,25 @@ class LMConfig:
     text_layers: int = 2          # (paper: 12)
     text_heads: int = 4           # (paper: 12)
     # Condition dropout during training (§2.4, §3).
-    cfg_dropout: float = 0.3      # all conditions → null, so the same model is also unconditional (paper: 0.3 text, 0.2 melody)
+    # All conditions → null, so the same model is also unconditional (paper: 0.3 text, 0.2 melody).
+    # 0.1 here: with 0.3 the tiny LM never learned to keep the tempo word's beat (tempo adherence 0.46
+    # vs 0.69 with none and 0.83 with 0.1, cfg 3; README, "The LM does not keep a beat").
+    cfg_dropout: float = 0.1
     # Melody alone → null, so text-only prompts stay in-distribution (paper: 0.2; audiocraft: 0.5). 0.2
     # gave chroma cosine 0.33 vs 0.28 with 0.5, same adherence (README).
     melody_dropout: float = 0.2
-    word_dropout: float = 0.1     # text augmentation (audiocraft: 0.3 on T5 descriptions)
+    word_dropout: float = 0.0     # text augmentation (audiocraft: 0.3 on T5 descriptions; 0.1 cost us tempo, README)
     # Loss weight of the first frames of each window, which only the conditions can predict (paper: 1;
-    # see compute_loss). 10 frames × 20 put half of a 4 s window's loss on its first 0.2 s; the LM then
-    # followed the mode words (swapping "major"/"minor" raised their loss 0.92 -> 1.01), melody 0.40 -> 0.50.
+    # see compute_loss). With weight 1 our LM ignored the mode words; 10 frames × 20 (half of a 4 s
+    # window's loss on its first 0.2 s) taught them but starved the rest of the window and the tempo
+    # (0.33 vs 0.71 with weight 1); × 5 keeps most of both (README).
     start_frames: int = 10
-    start_weight: float = 20.0
+    start_weight: float = 5.0
+    # Deviation (ours): how many codebooks' previous tokens the LM reads (paper: all K, summed, §2.3).
+    # With 1 it still *predicts* all K, but its input is codebook 1's history alone: the finer codebooks
+    # are near-random (2.3-4.5 nats each) and, summed into every input, they drowned the note timing,
+    # so the tiny LM never kept a beat (tempo adherence 0.31 with all 4, 0.90 with 1; README).
+    input_codebooks: int = 1
 
     @property
     def window_frames(self) -> int:
@@ -71,11 +84,12 @@ def paper_config() -> LMConfig:
     """MusicGen-small at full size (§4.1): 300M parameters in the decoder. Built in tests, never trained here."""
     return LMConfig(n_q=4, codebook_size=2048, frame_rate=50.0, sample_rate=32000, dim=1024, n_layers=24,
                     n_heads=16, ffn_dim=4096, window_seconds=30.0, text_vocab_size=32128, text_dim=768,
-                    text_layers=12, text_heads=12, start_weight=1.0)  # the paper's plain mean loss
+                    text_layers=12, text_heads=12, cfg_dropout=0.3, start_weight=1.0,
+                    input_codebooks=4)  # the paper's condition dropout, plain mean loss, all K codebooks read
 
 
 class MusicLM(nn.Module):
-    """The language model of §2.3: K embeddings summed, a causal transformer, K linear heads."""
+    """The language model of §2.3: codebook embeddings summed, a causal transformer, K linear heads."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -83,12 +97,14 @@ class MusicLM(nn.Module):
         self.cfg = cfg
         self.pattern = make_pattern(cfg.pattern, cfg.n_q)
         self.special = cfg.codebook_size  # the empty token of the pattern; embeddings get one extra row
-        # One table per codebook; at each step the K embeddings are *summed* into one vector (§2.3). The
-        # K tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
-        # one lookup of the offset tokens fetches all K (one call per step instead of K, 5x faster here).
-        self.embeddings = nn.Embedding(cfg.n_q * (cfg.codebook_size + 1), cfg.dim)
-        self.register_buffer("embedding_offsets", torch.arange(cfg.n_q)[:, None] * (cfg.codebook_size + 1),
-                             persistent=False)  # (K, 1)
+        # One table per codebook read; at each step their embeddings are *summed* into one vector (§2.3).
+        # The paper reads all K; we read the first cfg.input_codebooks (1 in the tiny preset, see LMConfig).
+        # The tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
+        # one lookup of the offset tokens fetches all of them (one call per step instead of K, 5x faster).
+        assert 1 <= cfg.input_codebooks <= cfg.n_q, f"input_codebooks must be in 1..{cfg.n_q}, got {cfg.input_codebooks}"
+        self.embeddings = nn.Embedding(cfg.input_codebooks * (cfg.codebook_size + 1), cfg.dim)
+        self.register_buffer("embedding_offsets", torch.arange(cfg.input_codebooks)[:, None] * (cfg.codebook_size + 1),
+                             persistent=False)  # (K_in, 1)
         self.text_encoder = TextEncoder(cfg.text_vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads,
                                         out_dim=cfg.dim)
         # Melody: one-hot chroma (12) projected to D (§2.4). No bias, so the null melody (all-zero chroma)
@@ -151,11 +167,12 @@ class MusicLM(nn.Module):
         """
         B, K, S = sequence.shape
         assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
-        # Σ_k Emb_k(x_k): the K streams of one step become one vector (B, K, S) -> (B, S, D).
+        # Σ_k Emb_k(x_k) over the codebooks read: the streams of one step become one vector (B, S, D).
         low, high = torch.aminmax(sequence)  # with stacked tables a bad token would silently read the next table
         if low < 0 or high > self.special:
             raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
-        x = self.embeddings(sequence + self.embedding_offsets).sum(dim=1)  # (B, K, S) -> (B, K, S, D) -> (B, S, D)
+        read = sequence[:, :self.cfg.input_codebooks]  # (B, K, S) -> (B, K_in, S); the paper: K_in = K
+        x = self.embeddings(read + self.embedding_offsets).sum(dim=1)  # (B, K_in, S) -> (B, K_in, S, D) -> (B, S, D)
         if melody is not None:
             assert melody.shape == x.shape, f"melody {tuple(melody.shape)} must match the steps {tuple(x.shape)}"
             x = x + melody  # (B, S, D): each step also reads the melody of the frame it predicts
@@ -414,7 +431,7 @@ def load_lm(path):
     """→ (lm, tokenizer, checkpoint dict). `weights_only=True`: a checkpoint can never run code."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = LMConfig(**ckpt["config"])
+        cfg = LMConfig(**{"input_codebooks": ckpt["config"]["n_q"], **ckpt["config"]})  # older LMs read all K
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no LM checkpoint here (run `python train.py` first)") from None
     except Exception as error:

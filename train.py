@@ -48,7 +48,7 @@ class Preset:
     codec_quantizer_warmup: float = 0.5
     codec_grad_clip: float = 10.0  # max gradient norm of a codec step (EnCodec: none)
     codec: EncodecConfig = None   # the codec's size (defaults to EncodecConfig())
-    lm_steps: int = 1000          # (paper: 1M steps)
+    lm_steps: int = 1500          # (paper: 1M steps)
     lm_batch: int = 12            # (paper: 192 × 30 s)
     lm_lr: float = 2e-3           # (paper: 1e-4 at D = 1024; tiny models take larger steps)
     lm_warmup: int = 100          # (paper: 4000)

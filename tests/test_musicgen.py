@@ -12,11 +12,12 @@ from transformer import Transformer
 CARD = 16  # a tiny codebook keeps the tests fast
 
 
-def tiny_lm(pattern="delay", seed=0):
+def tiny_lm(pattern="delay", seed=0, input_codebooks=4):
+    """input_codebooks 4 (the paper's: every codebook read) by default; the tiny preset reads 1."""
     torch.manual_seed(seed)
     cfg = LMConfig(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2, n_heads=2,
                    ffn_dim=64, pattern=pattern, window_seconds=1.0, text_vocab_size=12, text_dim=16,
-                   text_layers=1, text_heads=2)
+                   text_layers=1, text_heads=2, input_codebooks=input_codebooks)
     return MusicLM(cfg).eval()
 
 
@@ -94,13 +95,15 @@ def test_loss_ignores_special_positions():
         assert (grad_norm[predicts_real] > 0).all()
 
 
-def test_stacked_embedding_tables_equal_k_separate_tables_and_reject_bad_tokens():
-    """The K tables live in one matrix; looking up token x of codebook k must read table k, row x."""
-    lm = tiny_lm()
+@pytest.mark.parametrize("input_codebooks", [4, 1])
+def test_stacked_embedding_tables_equal_k_separate_tables_and_reject_bad_tokens(input_codebooks):
+    """The tables live in one matrix; looking up token x of codebook k must read table k, row x, and
+    only the first input_codebooks codebooks are read."""
+    lm = tiny_lm(input_codebooks=input_codebooks)
     text, mask, _ = conditions(lm)
     sequence = torch.randint(0, CARD + 1, (2, 4, 6), generator=torch.Generator().manual_seed(3))
-    tables = lm.embeddings.weight.view(4, CARD + 1, -1)  # (K · (card + 1), D) -> (K, card + 1, D)
-    expected = sum(tables[k][sequence[:, k]] for k in range(4))  # Σ_k Emb_k(x_k), (B, S, D)
+    tables = lm.embeddings.weight.view(input_codebooks, CARD + 1, -1)  # (K_in · (card + 1), D) -> (K_in, card + 1, D)
+    expected = sum(tables[k][sequence[:, k]] for k in range(input_codebooks))  # Σ_k Emb_k(x_k), (B, S, D)
     seen = []
     lm.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
@@ -150,8 +153,24 @@ def test_top_p_keeps_the_nucleus_only():
     assert abs((tokens == 0).float().mean().item() - 0.5 / 0.8) < 0.04
 
 
-def test_same_seed_same_codes_with_and_without_cache():
-    lm = tiny_lm()
+def test_reading_codebook_one_only_ignores_the_finer_inputs():
+    """input_codebooks = 1 (the tiny preset): the finer codebooks' tokens change no output; with all
+    four read (the paper) they do. All K heads still predict."""
+    for input_codebooks, ignored in ((1, True), (4, False)):
+        lm = tiny_lm(input_codebooks=input_codebooks)
+        text, mask, _ = conditions(lm)
+        sequence, _ = lm.pattern.build(random_codes(2, 8), lm.special)  # (B, K, S)
+        other = sequence.clone()
+        other[:, 1:] = (other[:, 1:] + 1) % CARD  # new tokens in codebooks 2..4 only
+        with torch.no_grad():
+            logits, changed = lm(sequence, text, mask), lm(other, text, mask)
+        assert logits.shape[1] == 4
+        assert torch.equal(logits, changed) == ignored
+
+
+@pytest.mark.parametrize("input_codebooks", [4, 1])
+def test_same_seed_same_codes_with_and_without_cache(input_codebooks):
+    lm = tiny_lm(input_codebooks=input_codebooks)
     text, mask, chroma = conditions(lm)
     runs = [generate_codes(lm, text, mask, chroma, n_frames=20, cfg_coef=3.0, top_k=8, use_cache=use_cache,
                            generator=torch.Generator().manual_seed(7)) for use_cache in (True, True, False)]
@@ -162,11 +181,12 @@ def test_same_seed_same_codes_with_and_without_cache():
 
 
 @pytest.mark.parametrize("pattern", ["delay", "parallel", "flatten", "partial-flatten", "vall-e", "partial-delay"])
-def test_prompt_is_kept_and_continuation_matches_one_pass(pattern):
+@pytest.mark.parametrize("input_codebooks", [4, 1])
+def test_prompt_is_kept_and_continuation_matches_one_pass(pattern, input_codebooks):
     """Greedy decoding is deterministic, so continuing the first frames of a greedy run must give the
     whole run back: this holds only if the prompt is kept verbatim and the continuation's tokens get
     the positions they had in the single pass."""
-    lm = tiny_lm(pattern)
+    lm = tiny_lm(pattern, input_codebooks=input_codebooks)
     text, mask, chroma = conditions(lm)
     full = generate_codes(lm, text, mask, chroma, n_frames=15, use_sampling=False, cfg_coef=3.0)
     prompt = full[..., :6].clone()
