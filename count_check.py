@@ -42,6 +42,9 @@ from pathlib import Path
 
 import torch
 
+import data
+import evaluate
+from encodec import EncodecModel
 from musicgen import LMConfig, MusicLM, generate_codes
 from train import cosine_lr, lm_optimizer
 
@@ -56,9 +59,10 @@ def runs_batch(B, args, generator, pitch_tracks=None):
     codes = torch.zeros(B, args.codebooks, T, dtype=torch.long)
     partner = torch.zeros(B, T, dtype=torch.long)
     for b in range(B):
-        if pitch_tracks is not None:  # a real melody of this tempo: MIDI note per frame, 0 = rest
+        if pitch_tracks is not None:  # a real clip of this tempo: (1, T) pitch track or (K, T) codec tokens
             tracks = pitch_tracks[int(tempo[b])]
-            codes[b, 0] = tracks[int(torch.randint(len(tracks), (1,), generator=generator))]
+            track = tracks[int(torch.randint(len(tracks), (1,), generator=generator))]
+            codes[b, :len(track)] = track[:args.codebooks]
             continue
         period = PERIODS[tempo[b]]
         starts = [round(i * period) for i in range(math.ceil(T / period) + 1)]
@@ -70,7 +74,7 @@ def runs_batch(B, args, generator, pitch_tracks=None):
                 run[(end - start) // 2:] = 0  # half a beat of note, half a beat of rest
             codes[b, 0, start:end] = run
             partner[b, start:end] = other
-    if args.codebooks > 1:
+    if args.codebooks > 1 and not args.codec:
         if args.noisy_finer:
             codes[:, 1:] = torch.randint(0, 256, (B, args.codebooks - 1, T), generator=generator)
         else:
@@ -99,16 +103,27 @@ def main():
     p.add_argument("--noisy-finer", action="store_true")
     p.add_argument("--hide-finer", action="store_true")
     p.add_argument("--pitch-tracks", help="dataset folder: use its training melodies' pitch tracks as codebook 1")
+    p.add_argument("--codec", help="run folder: use its codec's tokens of the --pitch-tracks folder's training clips "
+                   "(codebooks 1..--codebooks) and score the samples with the run's attribute probe")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.codec and not args.pitch_tracks:
+        p.error("--codec needs --pitch-tracks DIR, the dataset whose clips it encodes")
     torch.manual_seed(args.seed)
 
     # ---- data: the real melodies, if asked (25 Hz pitch track -> 50 Hz frames) ----
     pitch_tracks = None
     if args.pitch_tracks:
         rows = [json.loads(line) for line in (Path(args.pitch_tracks) / "manifest.jsonl").read_text().splitlines()]
-        pitch_tracks = [[torch.tensor(r["attributes"]["pitch"]).repeat_interleave(2)[:T] for r in rows
+        pitch_tracks = [[torch.tensor(r["attributes"]["pitch"]).repeat_interleave(2)[None, :T] for r in rows
                          if r["split"] == "train" and r["attributes"]["tempo"] == name]
+                        for name in ("fast", "medium", "slow")]  # per tempo, (1, T) tracks
+    if args.codec:  # the codec's tokens of the same clips instead: what the real LM learns from
+        codec, _ = EncodecModel.load(Path(args.codec) / "codec.pt")
+        clips = data.load_clips(args.pitch_tracks, codec.sample_rate, split="train")
+        with torch.no_grad():
+            tokens = [codec.encode(clip.wav[None])[0, :, :T] for clip in clips]  # (1, N) -> (K, T) each
+        pitch_tracks = [[t for t, clip in zip(tokens, clips) if clip.attributes["tempo"] == name]
                         for name in ("fast", "medium", "slow")]
 
     # ---- model: the tiny preset's LM, no condition dropout (the tempo word is all it gets) ----
@@ -168,6 +183,16 @@ def main():
         given = sum((run_lengths(codes[b, 0]) for b in rows), [])
         print(f"{name} (beat {PERIODS[t]} frames): sampled runs on the half-beat grid {on_grid(made, PERIODS[t]):.2f} "
               f"({len(made)} runs), training-like data {on_grid(given, PERIODS[t]):.2f}")
+    if args.codec:  # the tempo as the probe hears it, in the decoded samples and in the decoded training codes
+        probe, _ = evaluate.load_or_train_probe(args.codec, args.pitch_tracks)
+        for name, tokens in (("training clips", codes), ("samples", sampled)):
+            with torch.no_grad():
+                audio = codec.decode(tokens)  # (48, K, T) -> (48, 1, N), K codebooks
+            _, probs, _ = evaluate.probe_outputs(probe, audio, codec.sample_rate)
+            heard = [probe.attributes["tempo"].index(n) for n in ("fast", "medium", "slow")]  # our index -> probe's
+            hits = probs["tempo"].argmax(-1) == torch.tensor(heard)[tempo]
+            print(f"{name}, decoded: the probe hears the tempo of {hits.float().mean():.2f}, "
+                  f"beat {evaluate.beat_strength(audio, codec.sample_rate).mean():.2f}")
 
 
 if __name__ == "__main__":

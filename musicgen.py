@@ -33,6 +33,12 @@ from conditioners import TextEncoder, Tokenizer, ChromaExtractor
 from patterns import make_pattern
 from transformer import Transformer, KVCache
 
+# Classifier-free guidance of generation (§3; paper: 3). Ours is 2: on 48 *training* descriptions the
+# tiny LM's text adherence was 0.85 / 0.88 / 0.84 at cfg 1 / 2 / 3, and on the held-out ones 0.84-0.85
+# at 2 vs 0.78-0.80 at 3 over three trainings: stronger guidance pushes the tiny LM off its data,
+# costing instrument and register (README, "Results").
+DEFAULT_CFG_COEF = 2.0
+
 
 @dataclass
 class LMConfig:
@@ -322,8 +328,8 @@ class MusicGen:
         return cls(codec.to(device), lm.to(device), tokenizer)
 
     def set_generation_params(self, duration=None, use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
-                              cfg_coef=3.0, extend_stride=None):
-        """Paper defaults (§4.1): top-k 250, temperature 1, cfg_coef 3. `duration` defaults to one
+                              cfg_coef=DEFAULT_CFG_COEF, extend_stride=None):
+        """Paper defaults (§4.1): top-k 250, temperature 1; cfg_coef 3 in the paper, DEFAULT_CFG_COEF (2) here. `duration` defaults to one
         training window; longer durations slide the window forward by `extend_stride` seconds
         (default half a window) re-feeding the rest as a prompt, as the reference does past 30 s."""
         window = self.lm.cfg.window_seconds

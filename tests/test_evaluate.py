@@ -212,4 +212,4 @@ def test_evaluation_and_pattern_ablation_run_end_to_end(tmp_path):
     assert len(results["codec.perplexity"]) == 4
     assert (tmp_path / "out" / "results.md").exists()
     page = (tmp_path / "out" / "index.html").read_text()
-    assert page.count("<audio") == 2 * 7  # 2 items x (real, stem, codec, 4 generated conditions)
+    assert page.count("<audio") == 2 * 8  # 2 items x (real, stem, codec, 5 generated conditions)
