@@ -1,11 +1,14 @@
 """Can our LM keep a beat? A synthetic check of the tiny LM recipe, without the codec.
 
-README, "The LM does not keep a beat": on codec tokens our LM ends notes at random times. This script
-asks whether the LM itself can count, by training it on token sequences whose rhythm is known exactly:
+README, "Keeping a beat": on codec tokens, our LM reading all four codebooks ended notes at random
+times. This script asks whether the LM itself can count, by training it on token sequences whose
+rhythm is known exactly:
 
   codebook 1 = runs of one token, each lasting one beat of P frames (P = 18.75, 27.27 or 42.86 at
                50 Hz: the toy tempi 160 / 110 / 70 BPM), the tempo named by a one-word "description";
-               or, with --pitch-tracks, the real toy melodies' MIDI note per frame (a perfect codec).
+               or, with --pitch-tracks, the real toy melodies' MIDI note per frame (a perfect codec);
+               or, with --pitch-tracks and --codec RUN, the run's codec tokens of those clips (codebooks
+               1..--codebooks), the samples decoded and the tempo heard by the run's attribute probe.
 
 and then sampling from it. Knobs add, one at a time, what real codec tokens have and clean runs lack:
 
@@ -18,7 +21,8 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
 Measured (1000 steps, ~2.5 min each on 2 CPU cores; "new note" = a token that is neither the run's token
 nor its partner, nor the rest; rows marked * come from earlier versions of this script, with a slightly
 different learning-rate schedule and weight decay, and for the first three finer codebooks holding one
-random token per run):
+random token per run; the --hide-finer row put the special token in the finer codebooks' inputs
+instead of leaving them out, which only adds a constant vector):
                                           P(new note) teacher-forced   sampled runs on the
                                           on the beat     inside        half-beat grid (± 2)
     clean runs                            0.98            0.00          0.98-1.00
@@ -26,8 +30,14 @@ random token per run):
     --flicker 0.02 *                      0.83            0.02
     --flicker 0.1 *                       0.10            0.14          (flickering runs are off-grid)
     --codebooks 4 --noisy-finer           0.06            0.04          0.03-0.24
-    ... --hide-finer                      0.97            0.00          0.88-0.94
+    ... --hide-finer *                    0.97            0.00          0.88-0.94
     --pitch-tracks data/toy                                             0.92-1.00 (data: 1.00)
+
+    --pitch-tracks data/toy --codec runs/tiny   the probe hears the tempo of the decoded samples (training
+                                                clips: 1.00); beat (evaluate.beat_strength; clips 0.56-0.62)
+      (codebook 1 only)                         0.90, beat 0.44
+      --codebooks 4                             0.40, beat 0.19   (the paper's LM: reads all 4)
+      --codebooks 4 --hide-finer                0.81, beat 0.28   (train.py's tiny LM: reads codebook 1)
 
 Shape letters: B batch, K codebooks, T frames (200 = 4 s at 50 Hz).
 Data flow: synthetic codes -> musicgen.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
@@ -125,6 +135,8 @@ def main():
             tokens = [codec.encode(clip.wav[None])[0, :, :T] for clip in clips]  # (1, N) -> (K, T) each
         pitch_tracks = [[t for t, clip in zip(tokens, clips) if clip.attributes["tempo"] == name]
                         for name in ("fast", "medium", "slow")]
+    if pitch_tracks is not None and not all(pitch_tracks):
+        p.error(f"{args.pitch_tracks}: needs training clips of every tempo (fast, medium, slow)")
 
     # ---- model: the tiny preset's LM, no condition dropout (the tempo word is all it gets) ----
     cfg = LMConfig(n_q=args.codebooks, codebook_size=256, frame_rate=50.0, sample_rate=16000, dim=128, n_layers=4,
@@ -178,6 +190,8 @@ def main():
         sampled = generate_codes(lm, text, mask, no_melody(48), T, cfg_coef=1.0, top_k=250,
                                  generator=torch.Generator().manual_seed(args.seed + 2))  # (48, K, T)
     for t, name in enumerate(("fast", "medium", "slow")):
+        if args.codec:  # real tokens change at every one-frame transition token: run lengths say little
+            break
         rows = (tempo == t).nonzero().flatten().tolist()
         made = sum((run_lengths(sampled[b, 0]) for b in rows), [])
         given = sum((run_lengths(codes[b, 0]) for b in rows), [])

@@ -110,8 +110,8 @@ def onset_autocorrelation(log_mel, max_lag=100):
 def beat_strength(wav, sample_rate=PROBE_RATE):
     """How periodic a clip's onsets are: the highest onset autocorrelation at lags 0.3-1.0 s (beats of
     200-60 BPM; the toy tempi are 0.86, 0.55 and 0.38 s). Real toy clips score ~0.6, a clip whose notes
-    start at random times ~0.2. Not in the paper; it tracks our LM's weakest skill (README, "The LM
-    does not keep a beat"). wav (B, 1, N) -> (B,)."""
+    start at random times ~0.2. Not in the paper; it tracks our LM's weakest skill (README, "Keeping
+    a beat"). wav (B, 1, N) -> (B,)."""
     _, _, log_mel = normalised_log_mel(wav, sample_rate)  # (B, 1, N) -> (B, 40, T50)
     return onset_autocorrelation(log_mel)[:, 14:50].amax(-1)  # lags 15..50 frames: (B, 100) -> (B,)
 
@@ -447,7 +447,8 @@ def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out
         "probe.accuracy": probe_report["accuracy"], "probe.accuracy_degraded": probe_report["accuracy_degraded"],
         "probe.accuracy_codec": table1["real clips through the codec"]["adherence"],
         "text.adherence": headline["adherence"], "text.kl": headline["kl"], "text.frechet": headline["frechet"],
-        "text.cfg_coef": DEFAULT_CFG_COEF, "text.beat": headline["beat"], "real.beat": table1["real clips (ceiling)"]["beat"],
+        "text.cfg_coef": DEFAULT_CFG_COEF, "text.beat": headline["beat"],
+        "real.beat": table1["real clips (ceiling)"]["beat"],
         "melody.chroma_cosine": table2["text + melody"]["chroma_cosine"],
         "melody.chroma_cosine_text_only": table2["text only"]["chroma_cosine"],
         # seconds of compute per second of audio, CFG on (batch of 2B), codec decoding included
@@ -502,6 +503,10 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
     from patterns import PATTERN_NAMES, make_pattern
     run_dir = Path(run_dir)
     preset = train.PRESETS["tiny"] if preset is None else preset
+    # The paper's LM reads every codebook; ours reads codebook 1 only (LMConfig.input_codebooks). A
+    # flattened step holds one codebook's token, so reading codebook 1 would hide the others: compare
+    # the patterns as the paper does, every codebook read.
+    preset = replace(preset, lm=replace(preset.lm, input_codebooks=preset.lm.n_q))
     probe, probe_report = load_or_train_probe(run_dir, data_dir, seed)
     check_probe(probe_report)
     rows = {}
@@ -525,7 +530,7 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
             items = heldout[:n]
             reference = dict(probs={k: v[:len(items)] for k, v in real[1].items()}, embedding=real[2])
         duration = items[0].wav.shape[-1] / sr
-        model.set_generation_params(duration=duration, cfg_coef=3.0)
+        model.set_generation_params(duration=duration)  # the default guidance
         started = time.perf_counter()
         audio = generate_in_batches(lambda b: model.generate([c.description for c in b]), items, batch_size, seed)
         seconds = time.perf_counter() - started
@@ -562,7 +567,8 @@ def results_markdown(results):
                   for k, v in results["table1"].items()]
     if "table2" in results:
         guidance = f", cfg_coef {results['text.cfg_coef']:g}" if "text.cfg_coef" in results else ""
-        lines += ["", f"**Table 2 analogue** (paper: melody conditioning{guidance}). Chroma cosine ↑, adherence ↑.", "",
+        lines += ["", f"**Table 2 analogue** (paper: melody conditioning{guidance}). Chroma cosine ↑, "
+                  "adherence ↑.", "",
                   "| audio | chroma cosine | adherence |", "| --- | --- | --- |"]
         lines += [f"| {k} | {f3(v['chroma_cosine'])} | {f3(v['adherence'])} |" for k, v in results["table2"].items()]
         lines += ["", f"Real-time factor (CFG on, CPU): {results['generation.real_time_factor']:.3f} s per s of audio."]

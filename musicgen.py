@@ -14,7 +14,7 @@ D model width, L text tokens, F chroma frames, K_in codebooks the LM reads):
 
 Deviation (ours): the tiny LM reads codebook 1's tokens only (LMConfig.input_codebooks; the paper
 sums all K embeddings), while still predicting all K: the near-random finer codebooks drowned the
-note timing in our tiny model (README, "The LM does not keep a beat").
+note timing in our tiny model (README, "Keeping a beat").
 
 Deviation (ours): the paper prepends the chroma to the sequence (§2.4); we add it to the input of
 the step it belongs to (the "sum" fusion of the reference library's condition fuser). See MusicLM.
@@ -62,8 +62,9 @@ class LMConfig:
     text_heads: int = 4           # (paper: 12)
     # Condition dropout during training (§2.4, §3).
     # All conditions → null, so the same model is also unconditional (paper: 0.3 text, 0.2 melody).
-    # 0.1 here: with 0.3 the tiny LM never learned to keep the tempo word's beat (tempo adherence 0.46
-    # vs 0.69 with none and 0.83 with 0.1, cfg 3; README, "The LM does not keep a beat").
+    # 0.1 here: with 0.3 the tiny LM did not learn to keep the tempo word's beat (tempo adherence at
+    # cfg 1: 0.46 with 0.3, 0.54 with 0.1, 0.69 with none; 0.83 with 0.1 at cfg 3; README, "Keeping a
+    # beat").
     cfg_dropout: float = 0.1
     # Melody alone → null, so text-only prompts stay in-distribution (paper: 0.2; audiocraft: 0.5). 0.2
     # gave chroma cosine 0.33 vs 0.28 with 0.5, same adherence (README).
@@ -78,7 +79,8 @@ class LMConfig:
     # Deviation (ours): how many codebooks' previous tokens the LM reads (paper: all K, summed, §2.3).
     # With 1 it still *predicts* all K, but its input is codebook 1's history alone: the finer codebooks
     # are near-random (2.3-4.5 nats each) and, summed into every input, they drowned the note timing,
-    # so the tiny LM never kept a beat (tempo adherence 0.31 with all 4, 0.90 with 1; README).
+    # so the tiny LM never kept a beat (tempo adherence 0.31 reading all 4, 0.77 reading 1; README,
+    # "Keeping a beat").
     input_codebooks: int = 1
 
     @property
@@ -107,7 +109,7 @@ class MusicLM(nn.Module):
         # The paper reads all K; we read the first cfg.input_codebooks (1 in the tiny preset, see LMConfig).
         # The tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
         # one lookup of the offset tokens fetches all of them (one call per step instead of K, 5x faster).
-        assert 1 <= cfg.input_codebooks <= cfg.n_q, f"input_codebooks must be in 1..{cfg.n_q}, got {cfg.input_codebooks}"
+        assert 1 <= cfg.input_codebooks <= cfg.n_q, f"input_codebooks must be 1..{cfg.n_q}, got {cfg.input_codebooks}"
         self.embeddings = nn.Embedding(cfg.input_codebooks * (cfg.codebook_size + 1), cfg.dim)
         self.register_buffer("embedding_offsets", torch.arange(cfg.input_codebooks)[:, None] * (cfg.codebook_size + 1),
                              persistent=False)  # (K_in, 1)
@@ -329,9 +331,10 @@ class MusicGen:
 
     def set_generation_params(self, duration=None, use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
                               cfg_coef=DEFAULT_CFG_COEF, extend_stride=None):
-        """Paper defaults (§4.1): top-k 250, temperature 1; cfg_coef 3 in the paper, DEFAULT_CFG_COEF (2) here. `duration` defaults to one
-        training window; longer durations slide the window forward by `extend_stride` seconds
-        (default half a window) re-feeding the rest as a prompt, as the reference does past 30 s."""
+        """Paper defaults (§4.1): top-k 250, temperature 1, cfg_coef 3 (ours: DEFAULT_CFG_COEF, 2).
+        `duration` defaults to one training window; longer durations slide the window forward by
+        `extend_stride` seconds (default half a window) re-feeding the rest as a prompt, as the
+        reference does past 30 s."""
         window = self.lm.cfg.window_seconds
         duration = window if duration is None else duration
         if not 0 < duration <= 3600:

@@ -262,3 +262,22 @@ def test_count_check_script_runs_every_option():
     assert result.returncode == 0, result.stderr
     assert "teacher-forced P(new note): on the beat" in result.stdout
     assert result.stdout.count("sampled runs on the half-beat grid") == 3
+
+
+def test_count_check_runs_on_a_codecs_tokens(tmp_path):
+    """count_check.py --codec: the codec's tokens of a dataset's training clips as training data, the
+    samples decoded and scored by the probe (an untrained codec and 2 steps: it runs, not how well)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    import data
+    from encodec import EncodecConfig, EncodecModel
+    root = Path(__file__).resolve().parents[1]
+    data.make_toy_dataset(tmp_path / "toy", n=12, seed=0)  # every tempo has training clips
+    (tmp_path / "run").mkdir()
+    EncodecModel(EncodecConfig()).save(tmp_path / "run" / "codec.pt")
+    result = subprocess.run([sys.executable, str(root / "count_check.py"), "--steps", "2", "--codebooks", "4",
+                             "--pitch-tracks", str(tmp_path / "toy"), "--codec", str(tmp_path / "run")],
+                            capture_output=True, text=True, cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("the probe hears the tempo of") == 2  # the training clips and the samples
