@@ -121,20 +121,20 @@ def main():
         p.error("--codec needs --pitch-tracks DIR, the dataset whose clips it encodes")
     torch.manual_seed(args.seed)
 
-    # ---- data: the real melodies, if asked (25 Hz pitch track -> 50 Hz frames) ----
+    # ---- data: the real melodies, if asked (25 Hz pitch track -> 50 Hz frames), or their codec tokens ----
     pitch_tracks = None
-    if args.pitch_tracks:
-        rows = [json.loads(line) for line in (Path(args.pitch_tracks) / "manifest.jsonl").read_text().splitlines()]
-        pitch_tracks = [[torch.tensor(r["attributes"]["pitch"]).repeat_interleave(2)[None, :T] for r in rows
-                         if r["split"] == "train" and r["attributes"]["tempo"] == name]
-                        for name in ("fast", "medium", "slow")]  # per tempo, (1, T) tracks
-    if args.codec:  # the codec's tokens of the same clips instead: what the real LM learns from
+    if args.codec:  # the codec's tokens of the clips: what the real LM learns from
         codec, _ = EncodecModel.load(Path(args.codec) / "codec.pt")
         clips = data.load_clips(args.pitch_tracks, codec.sample_rate, split="train")
         with torch.no_grad():
             tokens = [codec.encode(clip.wav[None])[0, :, :T] for clip in clips]  # (1, N) -> (K, T) each
         pitch_tracks = [[t for t, clip in zip(tokens, clips) if clip.attributes["tempo"] == name]
                         for name in ("fast", "medium", "slow")]
+    elif args.pitch_tracks:
+        rows = [json.loads(line) for line in (Path(args.pitch_tracks) / "manifest.jsonl").read_text().splitlines()]
+        pitch_tracks = [[torch.tensor(r["attributes"]["pitch"]).repeat_interleave(2)[None, :T] for r in rows
+                         if r["split"] == "train" and r["attributes"]["tempo"] == name]
+                        for name in ("fast", "medium", "slow")]  # per tempo, (1, T) tracks
     if pitch_tracks is not None and not all(pitch_tracks):
         p.error(f"{args.pitch_tracks}: needs training clips of every tempo (fast, medium, slow)")
 
@@ -189,9 +189,8 @@ def main():
     with torch.no_grad():
         sampled = generate_codes(lm, text, mask, no_melody(48), T, cfg_coef=1.0, top_k=250,
                                  generator=torch.Generator().manual_seed(args.seed + 2))  # (48, K, T)
-    for t, name in enumerate(("fast", "medium", "slow")):
-        if args.codec:  # real tokens change at every one-frame transition token: run lengths say little
-            break
+    # (Not for codec tokens: they change at every one-frame transition token, so run lengths say little.)
+    for t, name in enumerate(("fast", "medium", "slow") if not args.codec else ()):
         rows = (tempo == t).nonzero().flatten().tolist()
         made = sum((run_lengths(sampled[b, 0]) for b in rows), [])
         given = sum((run_lengths(codes[b, 0]) for b in rows), [])
