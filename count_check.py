@@ -58,7 +58,8 @@ from encodec import EncodecModel
 from musicgen import LMConfig, MusicLM, generate_codes
 from train import cosine_lr, lm_optimizer
 
-PERIODS = (18.75, 27.27, 42.86)  # frames per beat at 50 Hz for 160, 110 and 70 BPM (fast, medium, slow)
+TEMPI = ("fast", "medium", "slow")  # the toy tempo words; a batch's `tempo` indexes this tuple
+PERIODS = (18.75, 27.27, 42.86)  # frames per beat at 50 Hz for 160, 110 and 70 BPM (TEMPI's order)
 T = 200  # frames: the 4 s training window
 
 
@@ -128,13 +129,12 @@ def main():
         clips = data.load_clips(args.pitch_tracks, codec.sample_rate, split="train")
         with torch.no_grad():
             tokens = [codec.encode(clip.wav[None])[0, :, :T] for clip in clips]  # (1, N) -> (K, T) each
-        pitch_tracks = [[t for t, clip in zip(tokens, clips) if clip.attributes["tempo"] == name]
-                        for name in ("fast", "medium", "slow")]
+        pitch_tracks = [[t for t, clip in zip(tokens, clips) if clip.attributes["tempo"] == name] for name in TEMPI]
     elif args.pitch_tracks:
         rows = [json.loads(line) for line in (Path(args.pitch_tracks) / "manifest.jsonl").read_text().splitlines()]
         pitch_tracks = [[torch.tensor(r["attributes"]["pitch"]).repeat_interleave(2)[None, :T] for r in rows
                          if r["split"] == "train" and r["attributes"]["tempo"] == name]
-                        for name in ("fast", "medium", "slow")]  # per tempo, (1, T) tracks
+                        for name in TEMPI]  # per tempo, (1, T) tracks
     if pitch_tracks is not None and not all(pitch_tracks):
         p.error(f"{args.pitch_tracks}: needs training clips of every tempo (fast, medium, slow)")
 
@@ -190,7 +190,7 @@ def main():
         sampled = generate_codes(lm, text, mask, no_melody(48), T, cfg_coef=1.0, top_k=250,
                                  generator=torch.Generator().manual_seed(args.seed + 2))  # (48, K, T)
     # (Not for codec tokens: they change at every one-frame transition token, so run lengths say little.)
-    for t, name in enumerate(("fast", "medium", "slow") if not args.codec else ()):
+    for t, name in enumerate(TEMPI if not args.codec else ()):
         rows = (tempo == t).nonzero().flatten().tolist()
         made = sum((run_lengths(sampled[b, 0]) for b in rows), [])
         given = sum((run_lengths(codes[b, 0]) for b in rows), [])
@@ -198,12 +198,12 @@ def main():
               f"({len(made)} runs), training-like data {on_grid(given, PERIODS[t]):.2f}")
     if args.codec:  # the tempo as the probe hears it, in the decoded samples and in the decoded training codes
         probe, _ = evaluate.load_or_train_probe(args.codec, args.pitch_tracks)
+        heard = torch.tensor([probe.attributes["tempo"].index(name) for name in TEMPI])  # our index -> probe's
         for name, tokens in (("training clips", codes), ("samples", sampled)):
             with torch.no_grad():
                 audio = codec.decode(tokens)  # (48, K, T) -> (48, 1, N), K codebooks
             _, probs, _ = evaluate.probe_outputs(probe, audio, codec.sample_rate)
-            heard = [probe.attributes["tempo"].index(n) for n in ("fast", "medium", "slow")]  # our index -> probe's
-            hits = probs["tempo"].argmax(-1) == torch.tensor(heard)[tempo]
+            hits = probs["tempo"].argmax(-1) == heard[tempo]
             print(f"{name}, decoded: the probe hears the tempo of {hits.float().mean():.2f}, "
                   f"beat {evaluate.beat_strength(audio, codec.sample_rate).mean():.2f}")
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import data
 from encodec import mel_filterbank
-from musicgen import DEFAULT_CFG_COEF
+from musicgen import DEFAULT_CFG_COEF, MusicGen
 from rvq import perplexity
 
 PROBE_RATE = 16000  # the probe works at the toy sample rate; other audio is resampled first
@@ -394,7 +394,6 @@ def stack_melodies(clips):
 # ==== Tables 1 and 2 ==================================================================================
 def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out_dir=None):
     """Codec metrics, Table 1 (conditioning, CFG), Table 2 (melody), audio page. Returns results dict."""
-    from musicgen import MusicGen
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "eval")
     probe, probe_report = load_or_train_probe(run_dir, data_dir, seed)
@@ -410,13 +409,14 @@ def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out
     codec, recon = codec_metrics(model.codec, items, batch_size)
     audio = {}  # condition -> (B, 1, N)
     seconds = {}
+    from_text = lambda b: model.generate([c.description for c in b])  # one batch of descriptions
     conditions = [  # (name, cfg_coef, how to generate one batch)
         ("unconditional", 3.0, lambda b: model.generate_unconditional(len(b))),
         # cfg_coef 1 is the conditional model alone: l_null + 1·(l_cond − l_null) = l_cond; None skips
         # the null half of the batch, which gives the same logits at half the cost.
-        ("text, cfg_coef 1", None, lambda b: model.generate([c.description for c in b])),
-        (TEXT, DEFAULT_CFG_COEF, lambda b: model.generate([c.description for c in b])),  # our default
-        ("text, cfg_coef 3", 3.0, lambda b: model.generate([c.description for c in b])),  # the paper's
+        ("text, cfg_coef 1", None, from_text),
+        (TEXT, DEFAULT_CFG_COEF, from_text),  # our default
+        ("text, cfg_coef 3", 3.0, from_text),  # the paper's
         (MELODY, DEFAULT_CFG_COEF,
          lambda b: model.generate_with_chroma([c.description for c in b], stack_melodies(b), sr)),
     ]
@@ -430,7 +430,7 @@ def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out
 
     table1 = {"real clips (ceiling)": score_audio(probe, stack_wavs([c.wav for c in items]), sr, items, reference),
               "real clips through the codec": score_audio(probe, recon, sr, items, reference)}
-    for name in ("unconditional", "text, cfg_coef 1", TEXT, "text, cfg_coef 3"):
+    for name in [name for name in audio if name != MELODY]:  # every generated row but Table 2's melody one
         table1[name] = score_audio(probe, audio[name], sr, items, reference)
     melody_ref = stack_melodies(items)
     table2 = {"text only": dict(chroma_cosine=chroma_cosine(melody_ref, audio[TEXT], sr),
@@ -499,7 +499,6 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
                     patterns=None):
     """Train one LM per pattern with the same budget on the same codec, then score each. -> {pattern: row}."""
     import train
-    from musicgen import MusicGen
     from patterns import PATTERN_NAMES, make_pattern
     run_dir = Path(run_dir)
     preset = train.PRESETS["tiny"] if preset is None else preset
