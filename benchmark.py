@@ -18,7 +18,7 @@ import torch
 
 import train
 from conditioners import Tokenizer
-from encodec import EncodecModel, MultiScaleMelLoss, SemitoneLoss
+from encodec import EncodecModel
 from musicgen import MusicGen, MusicLM
 
 
@@ -54,15 +54,14 @@ def time_cache_speedup(model: MusicGen, seconds: float, rounds: int = 5):
 def time_training_steps(preset, n_steps: int = 10) -> dict:
     """Seconds per optimizer step of the codec and of the LM (random data of the right shapes)."""
     codec = EncodecModel(preset.codec).train()
-    mel = MultiScaleMelLoss(preset.codec.sample_rate, preset.codec.mel_scales)
-    pitch = SemitoneLoss(preset.codec.sample_rate)
+    reconstruction_loss = train.ReconstructionLoss(preset.codec)
     optimizer = torch.optim.Adam(codec.parameters(), lr=1e-4)
     crop = round(preset.codec_crop_seconds * preset.codec.frame_rate) * preset.codec.hop_length
     wav = 0.3 * torch.randn(preset.codec_batch, 1, crop)
 
     def codec_step():
         recon, _, commitment = codec(wav)
-        loss, _ = train.reconstruction_loss(preset.codec, wav, recon, commitment, mel, pitch)
+        loss, _ = reconstruction_loss(wav, recon, commitment)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -17,12 +17,13 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from tqdm import tqdm
 
 import data
 from conditioners import ConditionDropout, Tokenizer, word_dropout
-from encodec import (EncodecConfig, EncodecModel, MSSTFTDiscriminator, MultiScaleMelLoss, SemitoneLoss,
-                     discriminator_hinge_loss, feature_matching_loss, generator_adversarial_loss)
+from encodec import (EncodecConfig, EncodecModel, InstantaneousFrequencyLoss, MSSTFTDiscriminator,
+                     MultiScaleMelLoss, SemitoneLoss, discriminator_hinge_loss, feature_matching_loss, generator_adversarial_loss)
 from rvq import perplexity
 from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
 
@@ -103,15 +104,29 @@ def codec_batch(wavs, indices, crop, generator):
     return torch.stack(batch)
 
 
-def reconstruction_loss(cfg: EncodecConfig, wav, recon, commitment, mel_loss, pitch_loss):
+class ReconstructionLoss(nn.Module):
     """EnCodec §3.4: time-domain L1 + multi-scale mel + RVQ commitment, plus our semitone loss
-    (encodec.SemitoneLoss), with the config's fixed weights. Terms with weight 0 are not computed.
-    wav, recon (B, 1, N). Returns (loss, mel term) as scalars."""
-    l1 = (recon - wav).abs().mean() if cfg.l1_weight else 0.0
-    mel = mel_loss(wav, recon)
-    pitch = pitch_loss(wav, recon) if cfg.pitch_weight else 0.0
-    loss = cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.pitch_weight * pitch + cfg.commitment_weight * commitment
-    return loss, mel
+    (encodec.SemitoneLoss) and instantaneous-frequency loss (encodec.InstantaneousFrequencyLoss), with
+    the config's fixed weights. Terms with weight 0 are not computed."""
+
+    def __init__(self, cfg: EncodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.mel = MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales)
+        self.pitch = SemitoneLoss(cfg.sample_rate)
+        # On the decoder's own STFT grid (640-point window, 10 ms hop at 16 kHz).
+        self.frequency = InstantaneousFrequencyLoss(cfg.stft_n_fft, cfg.stft_hop)
+
+    def forward(self, wav, recon, commitment):
+        """wav, recon (B, 1, N); commitment scalar. Returns (loss, mel term) as scalars."""
+        cfg = self.cfg
+        l1 = (recon - wav).abs().mean() if cfg.l1_weight else 0.0
+        mel = self.mel(wav, recon)
+        pitch = self.pitch(wav, recon) if cfg.pitch_weight else 0.0
+        frequency = self.frequency(wav, recon) if cfg.frequency_weight else 0.0
+        loss = (cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.pitch_weight * pitch
+                + cfg.frequency_weight * frequency + cfg.commitment_weight * commitment)
+        return loss, mel
 
 
 @torch.no_grad()
@@ -164,8 +179,7 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
 
     # ---- model, losses, optimizers (EnCodec: Adam, betas (0.5, 0.9)) ----
     codec = EncodecModel(cfg).to(device)
-    mel_loss = MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales).to(device)
-    pitch_loss = SemitoneLoss(cfg.sample_rate).to(device)
+    reconstruction_loss = ReconstructionLoss(cfg).to(device)
     optimizer = torch.optim.Adam(codec.parameters(), lr=preset.codec_lr, betas=(0.5, 0.9))
     disc = disc_optimizer = None
     if cfg.adversarial:
@@ -225,7 +239,7 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
             wav = codec_batch(train_wavs, ids, crop, generator).to(device)  # (B, 1, crop)
             quantize = step >= warmup_steps
             recon, codes, commitment = codec(wav, quantize=quantize)         # (B, 1, crop), (B, k, T)
-            loss, mel = reconstruction_loss(cfg, wav, recon, commitment, mel_loss, pitch_loss)
+            loss, mel = reconstruction_loss(wav, recon, commitment)
             if disc is not None:
                 # Generator side: fool every scale of the discriminator, match its features on real audio.
                 real_outputs, fake_outputs = disc(wav), disc(recon)

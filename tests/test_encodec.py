@@ -112,6 +112,26 @@ def test_semitone_loss_hears_a_wrong_note():
     assert loss(c3, c_sharp3) > 2 * loss(c3, quieter)
 
 
+def test_instantaneous_frequency_loss_hears_detuning_not_phase_or_gain():
+    loss = encodec.InstantaneousFrequencyLoss(640, 160)
+    t = torch.arange(8000) / 16000
+    tone = lambda f, phase=0.0, gain=0.5: (gain * torch.sin(2 * math.pi * f * t + phase))[None, None]
+    e5 = tone(659.26)
+    # Not exactly 0: the ε of the cosine's denominator counts far side-lobe bins (|X| ~ 1e-4) as half wrong.
+    assert loss(e5, e5).item() < 0.005
+    # The decoder invents its own phase, and loudness is the mel loss's job: neither costs much here.
+    shifted = loss(e5, tone(659.26, phase=2.0, gain=0.2)).item()
+    assert shifted < 0.005
+    # A note 30 cents flat costs, 60 cents flat costs more (and both far more than the phase shift).
+    flat30, flat60 = (loss(e5, tone(659.26 * 2 ** (-c / 1200))).item() for c in (30, 60))
+    assert 20 * shifted < flat30 < flat60
+    # Silence where the input rings: the loss is finite and so is its gradient.
+    silence = torch.zeros_like(e5, requires_grad=True)
+    value = loss(e5, silence)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(silence.grad).all()
+
+
 def test_mel_filterbank_shape_and_peaks():
     bank = encodec.mel_filterbank(1024, 40, 16000)
     assert bank.shape == (40, 513) and bank.min() >= 0
