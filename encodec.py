@@ -70,7 +70,7 @@ class EncodecConfig:
     # Semitone-spectrogram loss (ours; see SemitoneLoss): the mel bands are too wide to tell a semitone apart.
     pitch_weight: float = 1.0
     # Instantaneous-frequency loss (ours; see InstantaneousFrequencyLoss): the magnitude losses let notes
-    # drift by ±40 cents; with it the reconstructions keep the pitch class in 0.87 of chroma frames, not 0.67.
+    # drift by ±40 cents; with it the reconstructions keep the pitch class in 0.85 of chroma frames, not 0.67.
     frequency_weight: float = 1.0
     commitment_weight: float = 1.0     # (paper: 1)
     mel_scales: tuple = (64, 128, 256, 512, 1024, 2048)   # FFT sizes of the multi-scale mel loss (EnCodec: 2^5..2^11)
@@ -505,11 +505,12 @@ class InstantaneousFrequencyLoss(nn.Module):
 
     weighted by the input's magnitude, since only bins with energy have a frequency. It is blind to
     a constant phase offset and to gain (the spectral decoder invents its own phase; the mel loss
-    handles loudness) and is 0 only if every loud partial has the input's pitch. The cosine comes
+    handles loudness) and is near 0 only if every loud partial has the input's pitch. The cosine comes
     from the products P = X(s)·conj(X(s−1)), whose angle is Δφ: no angle wrapping, no atan2.
-    Why: with the magnitude losses alone the decoder's frequency offsets δ were unrelated to the input's
-    (correlation 0.06 on loud bins, |δ| pinned near its bound) and the reconstructed notes wandered
-    by ±40 cents, so a third of the chroma frames were a semitone off (README, "Design notes")."""
+    Why: with the magnitude losses alone, the instantaneous frequency of the reconstructions on the
+    input's loud bins correlated only 0.18 with the input's, the notes wandered by ±40 cents and a third
+    of the chroma frames came back a semitone off. With it: correlation 0.76, notes within 0 to +8 cents
+    (interquartile), chroma of reconstructions 0.67 -> 0.85 (README, "Design notes")."""
 
     def __init__(self, n_fft, hop_length):
         super().__init__()

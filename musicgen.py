@@ -37,7 +37,8 @@ from transformer import Transformer, KVCache
 # cfg 1 / 2 / 3 was 0.85 / 0.88 / 0.84 on 48 training descriptions, and on the held-out ones 0.84-0.85
 # at 2 vs 0.78-0.80 at 3 over three trainings (melody dropout 0.2; with 0.1: 0.82-0.84 vs 0.76-0.77):
 # stronger guidance pushes the tiny LM off its data (Fréchet 73 vs 92), costing instrument and register
-# (README, "Results").
+# (README, "Results"). With the codec's instantaneous-frequency loss the gap narrowed (0.78-0.82 at 2,
+# 0.75-0.80 at 3 over two trainings and three evaluation seeds).
 DEFAULT_CFG_COEF = 2.0
 
 
@@ -69,7 +70,8 @@ class LMConfig:
     cfg_dropout: float = 0.1
     # Melody alone → null, so text-only prompts stay in-distribution (paper: 0.2; audiocraft: 0.5). 0.2
     # gave chroma cosine 0.33 vs 0.28 with 0.5 in an early LM; with the LM reading codebook 1, 0.1 gave
-    # melody 0.50-0.52 vs 0.44-0.47 (2.3-2.8× the text-only value vs 1.7-1.9×), adherence 0.81-0.84 (README).
+    # melody 0.50-0.52 vs 0.44-0.47 (2.3-2.8× the text-only value vs 1.7-1.9×), adherence 0.81-0.84; with
+    # the current codec 0.61-0.63 vs 0.55-0.58 (2.5-2.7× vs 1.9-2.1×), adherence 0.78-0.82 vs 0.80-0.81 (README).
     melody_dropout: float = 0.1
     word_dropout: float = 0.0     # text augmentation (audiocraft: 0.3 on T5 descriptions; 0.1 cost us tempo, README)
     # Loss weight of the first frames of each window, which only the conditions can predict (paper: 1;

@@ -23,7 +23,8 @@ from tqdm import tqdm
 import data
 from conditioners import ConditionDropout, Tokenizer, word_dropout
 from encodec import (EncodecConfig, EncodecModel, InstantaneousFrequencyLoss, MSSTFTDiscriminator,
-                     MultiScaleMelLoss, SemitoneLoss, discriminator_hinge_loss, feature_matching_loss, generator_adversarial_loss)
+                     MultiScaleMelLoss, SemitoneLoss, discriminator_hinge_loss, feature_matching_loss,
+                     generator_adversarial_loss)
 from rvq import perplexity
 from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
 
@@ -106,8 +107,12 @@ def codec_batch(wavs, indices, crop, generator):
 
 class ReconstructionLoss(nn.Module):
     """EnCodec §3.4: time-domain L1 + multi-scale mel + RVQ commitment, plus our semitone loss
-    (encodec.SemitoneLoss) and instantaneous-frequency loss (encodec.InstantaneousFrequencyLoss), with
-    the config's fixed weights. Terms with weight 0 are not computed."""
+    (encodec.SemitoneLoss) and instantaneous-frequency loss (encodec.InstantaneousFrequencyLoss),
+
+        L = λ_l1·L_l1 + λ_mel·L_mel + λ_pitch·L_semitone + λ_if·L_if + λ_c·L_commit,
+
+    with the config's fixed weights (EnCodec balances its gradients instead; README, "Design notes").
+    Terms with weight 0 are not computed."""
 
     def __init__(self, cfg: EncodecConfig):
         super().__init__()
