@@ -109,8 +109,7 @@ def paper_config() -> EncodecConfig:
     and parameter count are tested; it is never trained here."""
     return EncodecConfig(sample_rate=32000, n_filters=64, ratios=(8, 5, 4, 4), dimension=128, n_q=4, snake=False,
                          spectral=False, l1_weight=0.1, mel_weight=2.0, pitch_weight=0.0, frequency_weight=0.0,
-                         codebook_size=2048,
-                         dead_threshold=2.0, adversarial=True,
+                         codebook_size=2048, dead_threshold=2.0, adversarial=True,
                          disc_filters=32, disc_scales=(2048, 1024, 512, 256, 128))
 
 

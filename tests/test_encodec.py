@@ -117,7 +117,7 @@ def test_instantaneous_frequency_loss_hears_detuning_not_phase_or_gain():
     t = torch.arange(8000) / 16000
     tone = lambda f, phase=0.0, gain=0.5: (gain * torch.sin(2 * math.pi * f * t + phase))[None, None]
     e5 = tone(659.26)
-    # Not exactly 0: the ε of the cosine's denominator counts far side-lobe bins (|X| ~ 1e-4) as half wrong.
+    # Not exactly 0: the ε = 1e-7 of the cosine's denominator counts side-lobe bins with |X| ≲ 0.02 as partly wrong.
     assert loss(e5, e5).item() < 0.005
     # The decoder invents its own phase, and loudness is the mel loss's job: neither costs much here.
     shifted = loss(e5, tone(659.26, phase=2.0, gain=0.2)).item()
