@@ -84,7 +84,7 @@ class LMConfig:
     # With 1 it still *predicts* all K, but its input is codebook 1's history alone: the finer codebooks
     # are near-random (2.3-4.5 nats each) and, summed into every input, they drowned the note timing,
     # so the tiny LM never kept a beat (tempo adherence 0.31 reading all 4, 0.77 reading 1; with the
-    # current codec 0.29 reading 2 and 0.78 reading 1; README, "Keeping a beat").
+    # current codec 0.28 reading 2 and 0.78 reading 1, means of three evaluations; README, "Keeping a beat").
     input_codebooks: int = 1
 
     @property
