@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from musicgen import DEFAULT_CFG_COEF, MusicGen
+
 MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
 
 
@@ -33,8 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the training window)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same output")
     p.add_argument("--out", default="out.wav", help="output wav (a batch adds _0, _1, ...)")
-    p.add_argument("--cfg-coef", type=float, default=None,
-                   help="classifier-free guidance (paper: 3; default 2, musicgen.DEFAULT_CFG_COEF, suits the tiny LM)")
+    p.add_argument("--cfg-coef", type=float, default=DEFAULT_CFG_COEF,
+                   help=f"classifier-free guidance (paper: 3; default {DEFAULT_CFG_COEF:g}, "
+                        "musicgen.DEFAULT_CFG_COEF, suits the tiny LM)")
     p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens (paper: 250)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling; > 0 replaces top-k")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
@@ -68,14 +71,13 @@ def main(argv=None):
     melody = read_input_audio(args.melody, "melody") if args.melody else None
     prompt = read_input_audio(args.prompt, "prompt") if args.prompt else None
 
-    from musicgen import MusicGen
     try:
         model = MusicGen.load(run)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
         fail(f"cannot load the run in {run}: {(str(error).strip().splitlines() or [''])[0]}")
     model.set_generation_params(duration=args.duration, use_sampling=args.temperature > 0, top_k=args.top_k,
                                 top_p=args.top_p, temperature=max(args.temperature, 1e-6),
-                                **({} if args.cfg_coef is None else {"cfg_coef": args.cfg_coef}))
+                                cfg_coef=args.cfg_coef)
     # Unknown words become <unk>: a warning, one line each, and generation goes on.
     warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
 
