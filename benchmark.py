@@ -1,4 +1,4 @@
-"""Speed benchmarks for the README's measured targets (issues 3-5); never part of the test run.
+"""Speed benchmarks for the README's measured figures; never part of the test run.
 
     python benchmark.py --run runs/tiny            # a trained run (python train.py)
     python benchmark.py                            # untrained tiny models: same speed, no run needed
@@ -18,14 +18,15 @@ import torch
 
 import train
 from conditioners import Tokenizer
-from encodec import EncodecModel
+from losses import ReconstructionLoss
 from musicgen import MusicGen, MusicLM
+from spectral_codec import build_codec
 
 
 def untrained_model() -> MusicGen:
     """The tiny preset's codec and LM with random weights: generation speed does not depend on them."""
-    preset = train.PRESETS["tiny"]
-    codec = EncodecModel(preset.codec)
+    preset = train.TINY
+    codec = build_codec(preset.codec)
     tokenizer = Tokenizer.build(["a cheerful fast tune on a plucked guitar with drums"])
     return MusicGen(codec, MusicLM(train.lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
                     tokenizer)
@@ -53,8 +54,8 @@ def time_cache_speedup(model: MusicGen, seconds: float, rounds: int = 5):
 
 def time_training_steps(preset, n_steps: int = 10) -> dict:
     """Seconds per optimizer step of the codec and of the LM (random data of the right shapes)."""
-    codec = EncodecModel(preset.codec).train()
-    reconstruction_loss = train.ReconstructionLoss(preset.codec)
+    codec = build_codec(preset.codec).train()
+    reconstruction_loss = ReconstructionLoss(preset.codec)
     optimizer = torch.optim.Adam(codec.parameters(), lr=1e-4)
     crop = round(preset.codec_crop_seconds * preset.codec.frame_rate) * preset.codec.hop_length
     wav = 0.3 * torch.randn(preset.codec_batch, 1, crop)
@@ -105,7 +106,7 @@ def main(argv=None):
                   cached_steps_per_second=steps / cached, uncached_steps_per_second=steps / uncached,
                   kv_cache_speedup=uncached / cached, real_time_factor=cached / args.seconds,
                   torch_threads=torch.get_num_threads())
-    result.update(time_training_steps(train.PRESETS["tiny"]))
+    result.update(time_training_steps(train.TINY))
     for key, value in result.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     if args.json:

@@ -5,10 +5,11 @@
   `Tokenizer` and a tiny transformer `TextEncoder` are trained jointly with the LM.
 - Melody: the paper takes the chromagram of the (drum- and bass-free) reference, keeps only the
   dominant pitch class per frame (one-hot, "to avoid overfitting"), and *prepends* it to the LM input.
-  `ChromaExtractor` does that with torch.stft and a chroma filterbank built by hand.
+  `ChromaExtractor` computes it with torch.stft and a chroma filterbank built by hand (musicgen.py
+  adds it to each step instead of prepending it: see MusicLM).
 - Classifier-free guidance (§3) needs a model that also knows the null condition: `ConditionDropout`
-  replaces a sample's conditions by the null ones during training (paper: p = 0.3 for text models,
-  0.2 for melody models), and drops the melody alone more often (audiocraft: 0.5).
+  replaces a sample's conditions by the null ones during training (paper: p = 0.3), and drops the
+  melody alone with its own probability (paper: 0.2).
 
 Shape letters: B batch, L words, D width, C channels, N samples, F chroma frames.
 Data flow: descriptions ─Tokenizer─▶ ids (B, L) ─TextEncoder─▶ (B, L, D) ─▶ LM cross-attention;
@@ -21,6 +22,8 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
+
+from audio import hz_to_midi, resample
 
 PAD, UNK = 0, 1
 
@@ -115,7 +118,7 @@ def chroma_filterbank(sample_rate: int, n_fft: int, f_min: float = 60.0, f_max: 
     """
     freqs = torch.arange(n_fft // 2 + 1) * sample_rate / n_fft
     inside = (freqs >= f_min) & (freqs <= min(f_max, sample_rate / 2))
-    pitch = 69 + 12 * torch.log2(freqs.clamp(min=1e-3) / 440.0)  # (n_bins,)
+    pitch = hz_to_midi(freqs.clamp(min=1e-3))  # (n_bins,)
     # Distance to the nearest note of each pitch class, wrapped to [-6, 6) semitones.
     distance = (pitch[None, :] - torch.arange(12)[:, None] + 6) % 12 - 6  # (12, n_bins)
     return torch.exp(-0.5 * (distance / 0.5) ** 2) * inside
@@ -164,7 +167,6 @@ class ChromaExtractor(nn.Module):
     def extract(self, wav: torch.Tensor, wav_sample_rate: int) -> torch.Tensor:
         """Like forward, for audio at any rate: resampled to self.sample_rate first."""
         if wav_sample_rate != self.sample_rate:
-            from data import resample
             wav = resample(wav, wav_sample_rate, self.sample_rate)
         return self(wav)
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
+
+from audio import load_audio, midi_to_hz, write_audio
 
 SAMPLE_RATE = 16000  # Hz; the paper uses 32 kHz, we halve it so tiny models train on a CPU
 CLIP_SECONDS = 4.0  # the paper trains on 30 s crops
@@ -66,100 +66,6 @@ FIRST_DEGREE = 2
 
 
 # ----------------------------------------------------------------------------- audio helpers
-class AudioError(ValueError):
-    """A file that cannot be used as audio; the message names the file."""
-
-
-def read_audio(path):
-    """Read any file soundfile can read. Returns (wav (C, N) float32 tensor, sample_rate)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file")
-    try:
-        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)  # (N, C)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"{path}: cannot read audio ({error})") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: audio file is empty (0 samples)")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(data.T)), sample_rate  # (N, C) -> (C, N)
-
-
-def to_mono(wav):
-    """Average the channels: (C, N) -> (1, N)."""
-    if wav.dim() != 2:
-        raise ValueError(f"wav: expected shape (C, N), got {tuple(wav.shape)}")
-    return wav.mean(dim=0, keepdim=True)  # (C, N) -> (1, N)
-
-
-def resample(wav, from_rate, to_rate, zeros=16, rolloff=0.95, beta=8.6):
-    """Band-limited resampling with a Kaiser-windowed sinc, written out by hand.
-
-    With g = gcd(from_rate, to_rate), output sample j sits at input time t_j = j * down / up
-    (up = to_rate / g, down = from_rate / g), i.e. at integer sample base_j = floor(j down / up)
-    plus one of `up` fractional phases p_j / up. Each phase has its own filter row (polyphase):
-        y[j] = sum_k x[base_j + k] * h(p_j / up - k),   h(tau) = c * sinc(c * tau) * kaiser(tau)
-    where c = rolloff * min(1, up / down) puts the low-pass just below the lower of the two
-    Nyquist frequencies (no aliasing when going down, no images when going up).
-
-    Args:
-        wav: (..., N) float tensor, any leading dims.
-        from_rate, to_rate: positive integer sample rates.
-        zeros: sinc zero crossings kept on each side (filter length vs. sharpness).
-    Returns:
-        (..., M) with M = ceil(N * to_rate / from_rate).
-    """
-    if int(from_rate) != from_rate or int(to_rate) != to_rate or from_rate <= 0 or to_rate <= 0:
-        raise ValueError(f"sample rates must be positive integers, got {from_rate} -> {to_rate}")
-    if from_rate == to_rate:
-        return wav.clone()
-    *lead, N = wav.shape
-    g = math.gcd(int(from_rate), int(to_rate))
-    up, down = int(to_rate) // g, int(from_rate) // g
-    cutoff = rolloff * min(1.0, up / down)  # fraction of the input Nyquist frequency
-    half = math.ceil(zeros / cutoff)  # taps each side: the sinc widens as the cutoff drops
-    taps = torch.arange(-half, half + 1)  # (2 half + 1,) = k
-    tau = torch.arange(up, dtype=torch.float64)[:, None] / up - taps[None, :]  # (up, taps)
-    window = torch.special.i0(beta * (1 - (tau / (half + 1)) ** 2).clamp(min=0).sqrt())
-    kernel = cutoff * torch.sinc(cutoff * tau) * window  # (up, taps), one row per phase
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(wav.dtype)  # unit DC gain per phase
-    M = math.ceil(N * up / down)
-    j = torch.arange(M)
-    base, phase = (j * down) // up, (j * down) % up  # exact integer positions, (M,) each
-    x = F.pad(wav.reshape(-1, N), (half, half))  # (..., N) -> (R, N + 2 half), zeros outside
-    out = wav.new_empty(x.shape[0], M)
-    for start in range(0, M, 16384):  # chunks bound the (R, chunk, taps) gather to a few MB
-        sl = slice(start, start + 16384)
-        index = base[sl, None] + taps[None, :] + half  # (chunk, taps) into the padded input
-        out[:, sl] = (x[:, index] * kernel[phase[sl]]).sum(dim=-1)  # (R, chunk, taps) -> (R, chunk)
-    return out.reshape(*lead, M)  # (R, M) -> (..., M)
-
-
-def peak_normalize(wav, peak=0.9):
-    """Scale so that max |wav| = peak (silence is returned unchanged)."""
-    largest = wav.abs().max()
-    return wav.clone() if largest == 0 else wav * (peak / largest)
-
-
-def write_audio(path, wav, sample_rate):
-    """Write (C, N) or (N,) float audio as a 16-bit PCM wav (clipped to [-1, 1])."""
-    wav = torch.as_tensor(wav, dtype=torch.float32)
-    if wav.dim() == 1:
-        wav = wav[None]  # (N,) -> (1, N)
-    if wav.dim() != 2:
-        raise ValueError(f"wav: expected shape (C, N) or (N,), got {tuple(wav.shape)}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    samples = wav.clamp(-1, 1).T.numpy()  # (C, N) -> (N, C), soundfile's layout
-    sf.write(path, samples, int(sample_rate), subtype="PCM_16")
-
-
-def load_audio(path, sample_rate):
-    """Read, downmix and resample: any audio file -> (1, N) float32 at `sample_rate`."""
-    wav, file_rate = read_audio(path)
-    return resample(to_mono(wav), file_rate, sample_rate)  # (C, N) -> (1, N) -> (1, N')
-
-
 # ----------------------------------------------------------------------------- melody
 # Bars of 4 beats (negative = rest). Every beat starts a note; only the articulation varies (a half-beat
 # note then a half-beat rest), so the onset rate is the tempo (70 BPM: 1.17 notes/s, 110: 1.83, 160: 2.67)
@@ -303,7 +209,7 @@ def _render_melody(notes, instrument, n, sample_rate, rng):
         size = min(int(round(length * sample_rate)), n - start)
         if midi == 0 or size <= 0:
             continue
-        tone = tone_fn(440.0 * 2 ** ((midi - 69) / 12), size, sample_rate, rng)
+        tone = tone_fn(midi_to_hz(midi), size, sample_rate, rng)
         # Comparable loudness: every note has the same RMS over its first 0.25 s.
         tone = 0.25 * tone / (np.sqrt(np.mean(tone[:int(0.25 * sample_rate)] ** 2)) + 1e-9)
         rise = max(1, min(int(attack * sample_rate), int(0.4 * size)))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from musicgen import DEFAULT_CFG_COEF, MusicGen
+from audio import AudioError, read_audio, write_audio
+from musicgen import MusicGen
 
 MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
 
@@ -30,14 +31,13 @@ def parse_args(argv=None):
     p.add_argument("--run", default="runs/tiny", help="run directory holding codec.pt and lm.pt")
     p.add_argument("--text", action="append", help="a description; repeat for a batch")
     p.add_argument("--melody", help="wav whose chroma (melody) the output should follow")
-    p.add_argument("--prompt", help="wav to continue (tiny codec: at least 0.2 s); the output starts with it, up to "
-                                    "its last 0.18 s, which the LM regenerates (README, Design notes)")
+    p.add_argument("--prompt", help="wav to continue; the output starts with it (a tiny run regenerates its last "
+                                    "0.18 s: LMConfig.trim_prompt_lookahead)")
     p.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the training window)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same output")
     p.add_argument("--out", default="out.wav", help="output wav (a batch adds _0, _1, ...)")
-    p.add_argument("--cfg-coef", type=float, default=DEFAULT_CFG_COEF,
-                   help=f"classifier-free guidance (paper: 3; default {DEFAULT_CFG_COEF:g}, "
-                        "musicgen.DEFAULT_CFG_COEF, suits the tiny LM)")
+    p.add_argument("--cfg-coef", type=float, default=None,
+                   help="classifier-free guidance (paper: 3; default: the model's LMConfig.cfg_coef, 2 for a tiny run)")
     p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens (paper: 250)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling; > 0 replaces top-k")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
@@ -45,10 +45,9 @@ def parse_args(argv=None):
 
 
 def read_input_audio(path: str, what: str):
-    import data
     try:
-        return data.read_audio(path)  # (C, N), sample rate
-    except (data.AudioError, OSError) as error:
+        return read_audio(path)  # (C, N), sample rate
+    except (AudioError, OSError) as error:
         fail(f"--{what}: {error}")
 
 
@@ -77,7 +76,7 @@ def main(argv=None):
         fail(f"cannot load the run in {run}: {(str(error).strip().splitlines() or [''])[0]}")
     model.set_generation_params(duration=args.duration, use_sampling=args.temperature > 0, top_k=args.top_k,
                                 top_p=args.top_p, temperature=max(args.temperature, 1e-6),
-                                cfg_coef=args.cfg_coef)
+                                cfg_coef="model" if args.cfg_coef is None else args.cfg_coef)
     # Unknown words become <unk>: a warning, one line each, and generation goes on.
     warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
 
@@ -103,12 +102,11 @@ def main(argv=None):
         audio = model.generate_unconditional(1)
 
     # ---- write ----
-    import data
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if audio.shape[0] == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(audio.shape[0])]
     for path, wav in zip(paths, audio):
-        data.write_audio(path, wav.cpu(), model.sample_rate)
+        write_audio(path, wav.cpu(), model.sample_rate)
         print(f"wrote {path} ({wav.shape[-1] / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
 
 

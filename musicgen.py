@@ -5,99 +5,101 @@ streams of an audio codec through a codebook interleaving pattern, is enough to 
 cascade of models, no upsampler. This file holds that one LM and the user-facing `MusicGen` front.
 
 Data flow (shape letters as in DESIGN.md: B batch, K codebooks, T frames, S pattern steps,
-D model width, L text tokens, F chroma frames, K_in codebooks the LM reads):
+D model width, L text tokens, F chroma frames, K_in codebooks the LM reads, K_in = K in the paper):
 
     codes (B, K, T) ──pattern.build──▶ sequence (B, K, S)           special token = codebook_size
     sequence ──Σ_k≤K_in Emb_k──▶ (B, S, D) ──+ chroma of each step's frame (B, S, D)──▶ (B, S, D)
     ──transformer, cross-attending to text (B, L, D)──▶ (B, S, D) ──K heads──▶
     logits (B, K, S, codebook_size) ──pattern.revert_logits──▶ (B, K, T, codebook_size) ──CE──▶ loss
 
-Deviation (ours): the tiny LM reads codebook 1's tokens only (LMConfig.input_codebooks; the paper
-sums all K embeddings), while still predicting all K: the near-random finer codebooks drowned the
-note timing in our tiny model (README, "Keeping a beat").
-
-Deviation (ours): the paper prepends the chroma to the sequence (§2.4); we add it to the input of
-the step it belongs to (the "sum" fusion of the reference library's condition fuser). See MusicLM.
+Two switches of `LMConfig` replace paper behaviour in the tiny recipe (train.TINY_LM says why):
+`input_codebooks` (the paper sums all K embeddings; the tiny LM reads codebook 1 and still predicts
+all K) and `start_weight` (the paper's loss is a plain mean). The melody is added to the step it
+belongs to (the reference library's "sum" fusion) where the paper prepends the chroma (§2.4).
 
 Generation runs the same network one pattern step at a time with a KV cache (§3); classifier-free
 guidance runs the conditional and the null condition as one batch of 2B.
 """
-import math
+import os
 from dataclasses import dataclass, asdict
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audio import resample
 from conditioners import TextEncoder, Tokenizer, ChromaExtractor
+from encodec import read_checkpoint
 from patterns import make_pattern
-from transformer import Transformer, KVCache
-
-# Classifier-free guidance of generation (§3; paper: 3). Ours is 2: the tiny LM's text adherence at
-# cfg 1 / 2 / 3 was 0.85 / 0.88 / 0.84 on 48 training descriptions, and on the held-out ones 0.84-0.85
-# at 2 vs 0.78-0.80 at 3 over three trainings (melody dropout 0.2; with 0.1: 0.82-0.84 vs 0.76-0.77):
-# stronger guidance pushes the tiny LM off its data (Fréchet 73 vs 92), costing instrument and register
-# (README, "Results"). With the codec's instantaneous-frequency loss the gap narrowed (0.78-0.82 at 2,
-# 0.75-0.80 at 3 over two trainings and three evaluation seeds).
-DEFAULT_CFG_COEF = 2.0
+from spectral_codec import load_codec
+from sampling import generate_codes
+from transformer import Transformer
 
 
 @dataclass
 class LMConfig:
-    # Token streams: copied from the codec, asserted equal when both are loaded.
-    n_q: int = 4                  # codebooks K (paper: 4, from the 32 kHz EnCodec)
-    codebook_size: int = 256      # entries per codebook (paper: 2048)
-    frame_rate: float = 50.0      # codec frames per second (paper: 50)
-    sample_rate: int = 16000      # codec sample rate (paper: 32000)
+    """MusicGen-small (§4.1). Every default is the paper's; train.TINY_LM lists what the tiny recipe changes."""
+    # Token streams: copied from the codec (train.lm_config_for), checked equal when both are loaded.
+    n_q: int = 4                  # codebooks K
+    codebook_size: int = 2048     # entries per codebook
+    frame_rate: float = 50.0      # codec frames per second
+    sample_rate: int = 32000      # codec sample rate
     # The decoder (§2.3).
-    dim: int = 256                # model width D (paper, small: 1024)
-    n_layers: int = 4             # decoder blocks (paper, small: 24)
-    n_heads: int = 4              # attention heads (paper, small: 16)
-    ffn_dim: int = 1024           # feed-forward width (paper, small: 4096 = 4·D)
-    dropout: float = 0.0          # (paper: 0)
-    pattern: str = "delay"        # interleaving pattern (paper's default: delay, §2.2)
-    window_seconds: float = 4.0   # training window; longer audio uses sliding windows (paper: 30 s)
-    # The text encoder (§2.4). Paper: frozen T5-base; ours is tiny and trained jointly (see README).
+    dim: int = 1024               # model width D
+    n_layers: int = 24            # decoder blocks
+    n_heads: int = 16             # attention heads
+    ffn_dim: int = 4096           # feed-forward width, 4·D
+    dropout: float = 0.0
+    pattern: str = "delay"        # codebook interleaving pattern (§2.2)
+    window_seconds: float = 30.0  # training window; longer audio uses sliding windows (§3)
+    # How many codebooks' previous tokens the LM reads, summed (§2.3: all K; None = all).
+    input_codebooks: int | None = None
+    # The text encoder (§2.4). The paper's is a frozen pretrained T5-base (768 wide, 12 layers, 12
+    # heads); conditioners.TextEncoder is a transformer of the size given here, trained with the LM.
     text_vocab_size: int = 0      # set from the tokenizer built on the training descriptions
-    text_dim: int = 128           # (paper: T5-base, 768, projected to D)
-    text_layers: int = 2          # (paper: 12)
-    text_heads: int = 4           # (paper: 12)
-    # Condition dropout during training (§2.4, §3).
-    # All conditions → null, so the same model is also unconditional (paper: 0.3 text, 0.2 melody).
-    # 0.1 here: with 0.3 the tiny LM did not learn to keep the tempo word's beat (tempo adherence at
-    # cfg 1: 0.46 with 0.3, 0.54 with 0.1, 0.69 with none; 0.83 with 0.1 at cfg 3; README, "Keeping a
-    # beat").
-    cfg_dropout: float = 0.1
-    # Melody alone → null, so text-only prompts stay in-distribution (paper: 0.2; audiocraft: 0.5). 0.2
-    # gave chroma cosine 0.33 vs 0.28 with 0.5 in an early LM; with the LM reading codebook 1, 0.1 gave
-    # melody 0.50-0.52 vs 0.44-0.47 (2.3-2.8× the text-only value vs 1.7-1.9×), adherence 0.81-0.84; with
-    # the current codec 0.61-0.63 vs 0.55-0.58 (2.5-2.7× vs 1.9-2.1×), adherence 0.78-0.82 vs 0.80-0.81 (README).
-    melody_dropout: float = 0.1
-    word_dropout: float = 0.0     # text augmentation (audiocraft: 0.3 on T5 descriptions; 0.1 cost us tempo, README)
-    # Loss weight of the first frames of each window, which only the conditions can predict (paper: 1;
-    # see compute_loss). With weight 1 our LM ignored the mode words; 10 frames × 20 (half of a 4 s
-    # window's loss on its first 0.2 s) taught them but starved the rest of the window and the tempo
-    # (0.33 vs 0.71 with weight 1); × 5 keeps most of both (README).
+    text_dim: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    # Condition dropout in training (§3): all conditions → null (p_cfg), or the melody alone (p_melody).
+    cfg_dropout: float = 0.3
+    melody_dropout: float = 0.2
+    word_dropout: float = 0.0     # drop words of the description (not in the paper; audiocraft: 0.3 for T5)
+    # Loss weight of the first start_frames frames of each window (see compute_loss; 1 = plain mean).
     start_frames: int = 10
-    start_weight: float = 5.0
-    # Deviation (ours): how many codebooks' previous tokens the LM reads (paper: all K, summed, §2.3).
-    # With 1 it still *predicts* all K, but its input is codebook 1's history alone: the finer codebooks
-    # are near-random (2.3-4.5 nats each) and, summed into every input, they drowned the note timing,
-    # so the tiny LM never kept a beat (tempo adherence 0.31 reading all 4, 0.77 reading 1; with the
-    # current codec 0.28 reading 2 and 0.78 reading 1, means of three evaluations; README, "Keeping a beat").
-    input_codebooks: int = 1
+    start_weight: float = 1.0
+    # Generation defaults stored with the model (§3): classifier-free guidance, and whether a
+    # continuation drops the prompt frames the codec encoded with look-ahead into silence.
+    cfg_coef: float = 3.0
+    trim_prompt_lookahead: bool = False
 
     @property
     def window_frames(self) -> int:
         return round(self.window_seconds * self.frame_rate)
 
+    @property
+    def codebooks_read(self) -> int:
+        """K_in: the codebooks whose previous tokens the LM reads (all K unless input_codebooks says fewer)."""
+        return self.n_q if self.input_codebooks is None else self.input_codebooks
 
-def paper_config() -> LMConfig:
-    """MusicGen-small at full size (§4.1): 300M parameters in the decoder. Built in tests, never trained here."""
-    return LMConfig(n_q=4, codebook_size=2048, frame_rate=50.0, sample_rate=32000, dim=1024, n_layers=24,
-                    n_heads=16, ffn_dim=4096, window_seconds=30.0, text_vocab_size=32128, text_dim=768,
-                    text_layers=12, text_heads=12, cfg_dropout=0.3, start_weight=1.0,
-                    input_codebooks=4)  # the paper's condition dropout, plain mean loss, all K codebooks read
+
+def check_input_codebooks(cfg: LMConfig):
+    """ValueError unless the LM can read what its pattern needs. An LM reading K_in < K codebooks
+    suits patterns where every step holds a token of the codebooks it reads (parallel, delay: all
+    but the last K-1 steps). Flatten, partial-flatten and vall-e put the finer codebooks on steps of
+    their own, which such an LM would never read: the count of those steps grows with T."""
+    K_in = cfg.codebooks_read
+    if not 1 <= K_in <= cfg.n_q:
+        raise ValueError(f"input_codebooks must be 1..{cfg.n_q} or None, got {cfg.input_codebooks}")
+    pattern = make_pattern(cfg.pattern, cfg.n_q)
+
+    def hidden_steps(n_frames):  # steps holding real tokens, none of them in the codebooks read
+        layout = pattern.build(torch.zeros(1, cfg.n_q, n_frames, dtype=torch.long), -1)[0][0]  # (K, S)
+        real = layout >= 0
+        return int((real.any(dim=0) & ~real[:K_in].any(dim=0)).sum())
+    if K_in < cfg.n_q and hidden_steps(16) > hidden_steps(8):
+        raise ValueError(f"pattern {cfg.pattern!r} puts codebooks {K_in + 1}..{cfg.n_q} on steps of their own, "
+                         f"which an LM reading {K_in} codebook(s) never reads: set input_codebooks to all")
 
 
 class MusicLM(nn.Module):
@@ -110,21 +112,21 @@ class MusicLM(nn.Module):
         self.pattern = make_pattern(cfg.pattern, cfg.n_q)
         self.special = cfg.codebook_size  # the empty token of the pattern; embeddings get one extra row
         # One table per codebook read; at each step their embeddings are *summed* into one vector (§2.3).
-        # The paper reads all K; we read the first cfg.input_codebooks (1 in the tiny preset, see LMConfig).
         # The tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
-        # one lookup of the offset tokens fetches all of them (one call per step instead of K, 5x faster).
-        assert 1 <= cfg.input_codebooks <= cfg.n_q, f"input_codebooks must be 1..{cfg.n_q}, got {cfg.input_codebooks}"
-        self.embeddings = nn.Embedding(cfg.input_codebooks * (cfg.codebook_size + 1), cfg.dim)
-        self.register_buffer("embedding_offsets", torch.arange(cfg.input_codebooks)[:, None] * (cfg.codebook_size + 1),
+        # one lookup of the offset tokens fetches all of them (one call per decoding step instead of K).
+        check_input_codebooks(cfg)
+        K_in = cfg.codebooks_read
+        self.embeddings = nn.Embedding(K_in * (cfg.codebook_size + 1), cfg.dim)
+        self.register_buffer("embedding_offsets", torch.arange(K_in)[:, None] * (cfg.codebook_size + 1),
                              persistent=False)  # (K_in, 1)
         self.text_encoder = TextEncoder(cfg.text_vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads,
                                         out_dim=cfg.dim)
         # Melody: one-hot chroma (12) projected to D (§2.4). No bias, so the null melody (all-zero chroma)
         # adds nothing. Deviation: the paper *prepends* the F chroma frames (7.8 per second) to the
-        # sequence, and attention must learn which frame belongs to which step; our 1000-step LM never
-        # did (chroma cosine 0.19 with the melody vs 0.22 without, README). We resample the chroma to
-        # the steps instead and *add* it to each step's input, so the step that predicts frame t reads
-        # the melody at frame t directly. Same information, same bottleneck (argmax one-hot).
+        # sequence, and attention must learn which frame belongs to which step, which our tiny LM did
+        # not (NOTES.md, "Melody added per step"). We resample the chroma to the steps and *add* it to
+        # each step's input, so the step that predicts frame t reads the melody at frame t directly.
+        # Same information, same bottleneck (argmax one-hot).
         self.chroma = ChromaExtractor(cfg.sample_rate)
         self.melody_projection = nn.Linear(12, cfg.dim, bias=False)
         self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cross_attention=True,
@@ -183,7 +185,7 @@ class MusicLM(nn.Module):
         low, high = torch.aminmax(sequence)  # with stacked tables a bad token would silently read the next table
         if low < 0 or high > self.special:
             raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
-        read = sequence[:, :self.cfg.input_codebooks]  # (B, K, S) -> (B, K_in, S); the paper: K_in = K
+        read = sequence[:, :self.cfg.codebooks_read]  # (B, K, S) -> (B, K_in, S); the paper: K_in = K
         x = self.embeddings(read + self.embedding_offsets).sum(dim=1)  # (B, K_in, S) -> (B, K_in, S, D) -> (B, S, D)
         if melody is not None:
             assert melody.shape == x.shape, f"melody {tuple(melody.shape)} must match the steps {tuple(x.shape)}"
@@ -207,11 +209,10 @@ class MusicLM(nn.Module):
         # Output step s predicts the tokens of step s+1; revert_logits applies that shift and tells which
         # (k, t) have a prediction at all. The mask comes from the pattern alone (never re-applied).
         logits, valid = self.pattern.revert_logits(logits)  # (B, K, S, card) -> (B, K, T, card), (K, T)
-        # Deviation (ours, README "Design notes"): the first start_frames frames of the window weigh
-        # start_weight times more. There the LM has no audio to go on and must choose from the
-        # conditions alone; later frames are mostly predictable from the audio before them, so in a
-        # plain average the description is worth a few tokens in 800 and our 1000-step LM never
-        # learned the mode words. start_weight = 1 is the paper's plain mean.
+        # The paper's loss is the plain mean (start_weight = 1). The tiny recipe weighs the first
+        # start_frames frames more: there the LM has no audio to go on and must choose from the
+        # conditions alone, while later frames are mostly predictable from the audio before them, so
+        # in a plain mean the description is worth a few tokens in 800 (NOTES.md, "Start-frame weight").
         frame_weight = torch.ones(T, device=codes.device)
         frame_weight[:self.cfg.start_frames] = self.cfg.start_weight
         objective, per_codebook = [], []
@@ -222,88 +223,6 @@ class MusicLM(nn.Module):
             objective.append((ce * weight).sum() / weight.sum())
             per_codebook.append(ce.mean().detach())  # the plain cross-entropy, for logging and evaluation
         return torch.stack(objective).mean(), torch.stack(per_codebook)
-
-
-# ---- sampling (§3) ---------------------------------------------------------------------------------
-def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, top_p=0.0, generator=None):
-    """Pick one token per codebook from logits (B, K, card) → (B, K).
-
-    The random draw has the same shape at every step whatever the logits are, so a seeded generator
-    gives identical codes for any duration and with or without the KV cache.
-    """
-    B, K, card = logits.shape
-    if not use_sampling or temperature <= 0:
-        return logits.argmax(dim=-1)  # greedy decoding
-    # Temperature: divide the logits, flattening (T > 1) or sharpening (T < 1) the distribution.
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p > 0:
-        # Top-p (nucleus): keep the smallest set of tokens whose probability sums to p.
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass *before* a token already exceeds p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    elif top_k > 0:
-        # Top-k: keep the k most likely tokens (k capped at codebook_size).
-        # The k-th largest is the (card - k + 1)-th smallest; kthvalue finds it ~2x faster than topk(k).
-        kth = probs.kthvalue(card - min(top_k, card) + 1, dim=-1, keepdim=True).values  # (B, K, 1)
-        probs = probs.masked_fill(probs < kth, 0.0)
-    probs = probs / probs.sum(-1, keepdim=True)
-    # Sample: inverse-CDF with one uniform number per (b, k).
-    uniform = torch.rand(B, K, 1, generator=generator, device=logits.device)
-    tokens = torch.searchsorted(probs.cumsum(-1), uniform).squeeze(-1)  # (B, K, 1) -> (B, K)
-    return tokens.clamp_(max=card - 1)  # guards the float-rounding case cumsum[-1] < uniform
-
-
-@torch.inference_mode()  # like no_grad, minus autograd's version bookkeeping: ~14% faster cached steps here
-def generate_codes(lm: MusicLM, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=3.0,
-                   use_sampling=True, temperature=1.0, top_k=250, top_p=0.0, generator=None, use_cache=True):
-    """Autoregressive decoding over the pattern's steps, within one window (§3).
-
-    Args:
-        text (B, L, D), text_mask (B, L): encoded descriptions; chroma (B, F, 12) (zeros = no melody).
-        n_frames: T, frames to return (prompt included), at most the training window.
-        prompt: (B, K, Tp) codes kept verbatim at the start, or None.
-        cfg_coef: classifier-free guidance; None runs the conditional model alone.
-    Returns:
-        codes (B, K, T).
-    """
-    B = text.shape[0]
-    K, unknown = lm.cfg.n_q, -1
-    codes = torch.full((B, K, n_frames), unknown, dtype=torch.long, device=text.device)
-    if prompt is not None:
-        assert prompt.shape[:2] == (B, K) and prompt.shape[2] <= n_frames, f"bad prompt shape {tuple(prompt.shape)}"
-        codes[..., :prompt.shape[2]] = prompt
-    # The pattern places every (k, t) at its step; still-unknown tokens are -1, special ones stay special.
-    sequence, _ = lm.pattern.build(codes, lm.special)  # (B, K, T) -> (B, K, S)
-    S = sequence.shape[-1]
-    melody = lm.melody_steps(chroma, S)  # (B, S, D)
-    if cfg_coef is not None:
-        # CFG as one batch of 2B: first half conditional, second half the null condition
-        # (no text: an all-masked cross-attention; no melody: all-zero melody vectors).
-        text = torch.cat([text, torch.zeros_like(text)])
-        text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
-        melody = torch.cat([melody, torch.zeros_like(melody)])
-    # Steps before the first unknown token are known (start step + prompt): they are fed in one pass.
-    unknown_steps = (sequence == unknown).any(dim=(0, 1)).nonzero()
-    first = int(unknown_steps[0]) if len(unknown_steps) else S
-    cache = KVCache() if use_cache else None
-    fed = 0  # steps already inside the cache
-    for s in range(first, S):  # predict step s from steps < s
-        begin = fed if use_cache else 0  # with the cache only the new steps are fed
-        step_input = sequence[..., begin:s]
-        if cfg_coef is not None:
-            step_input = torch.cat([step_input, step_input])
-        logits = lm(step_input, text, text_mask, melody=melody[:, begin:s], cache=cache)[:, :, -1]  # (B', K, card)
-        fed = s
-        if cfg_coef is not None:
-            # CFG mix (§3): l = l_null + γ·(l_cond − l_null); γ = 1 is the conditional model alone.
-            cond, null = logits.chunk(2)
-            logits = null + cfg_coef * (cond - null)
-        tokens = sample_next_tokens(logits, use_sampling, temperature, top_k, top_p, generator)  # (B, K)
-        # Write only where the pattern has a real token still unknown: the prompt is never overwritten.
-        write = sequence[..., s] == unknown
-        sequence[..., s] = torch.where(write, tokens, sequence[..., s])
-    return lm.pattern.revert(sequence)  # (B, K, S) -> (B, K, T)
 
 
 # ---- the user-facing front (mirrors the reference library's API on purpose) -----------------------
@@ -327,16 +246,14 @@ class MusicGen:
     @classmethod
     def load(cls, run_dir, device="cpu"):
         """Rebuild everything from `run_dir/codec.pt` and `run_dir/lm.pt` (weights_only loads)."""
-        from pathlib import Path
-        from encodec import EncodecModel
-        codec, _ = EncodecModel.load(Path(run_dir) / "codec.pt")
+        codec, _ = load_codec(Path(run_dir) / "codec.pt")
         lm, tokenizer, _ = load_lm(Path(run_dir) / "lm.pt")
         return cls(codec.to(device), lm.to(device), tokenizer)
 
     def set_generation_params(self, duration=None, use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
-                              cfg_coef=DEFAULT_CFG_COEF, extend_stride=None):
-        """Paper defaults (§4.1): top-k 250, temperature 1, cfg_coef 3 (ours: DEFAULT_CFG_COEF, 2).
-        `duration` defaults to one training window; longer durations slide the window forward by
+                              cfg_coef="model", extend_stride=None):
+        """Paper defaults (§4.1): top-k 250, temperature 1; cfg_coef "model" takes the LM's own default
+        (LMConfig.cfg_coef; paper 3), None runs the conditional model alone. `duration` defaults to one training window; longer durations slide the window forward by
         `extend_stride` seconds (default half a window) re-feeding the rest as a prompt, as the
         reference does past 30 s."""
         window = self.lm.cfg.window_seconds
@@ -346,6 +263,7 @@ class MusicGen:
         extend_stride = window / 2 if extend_stride is None else extend_stride
         if not 0 < extend_stride < window:
             raise ValueError(f"extend_stride must be in (0, {window}) seconds, got {extend_stride}")
+        cfg_coef = self.lm.cfg.cfg_coef if cfg_coef == "model" else cfg_coef
         self.generation_params = dict(use_sampling=use_sampling, top_k=top_k, top_p=top_p,
                                       temperature=temperature, cfg_coef=cfg_coef)
         self.duration, self.extend_stride = duration, extend_stride
@@ -359,7 +277,6 @@ class MusicGen:
 
     def generate_with_chroma(self, descriptions, melody_wavs, melody_sample_rate: int) -> torch.Tensor:
         """melody_wavs: (B, C, N) or (C, N) audio at melody_sample_rate; its chroma guides the melody."""
-        from data import resample
         melody = melody_wavs if melody_wavs.dim() == 3 else melody_wavs[None]
         if melody.shape[0] != len(descriptions):
             raise ValueError(f"{len(descriptions)} descriptions but {melody.shape[0]} melody wavs")
@@ -369,18 +286,15 @@ class MusicGen:
     def generate_continuation(self, prompt, prompt_sample_rate: int, descriptions=None) -> torch.Tensor:
         """prompt: (B, C, N) audio; the output starts with it (re-encoded) and continues it.
 
-        Deviation (ours; the reference keeps every prompt frame): the codec's encoder looks
-        `lookahead_frames` ahead (0.18 s on the tiny codec), so the prompt's last frames were encoded
-        as if the music stopped at the cut. Fed to the LM, they told it the note was ending: in 48
-        continuations cut 4 frames into a note, the first new note came 0-2 frames after the cut
-        instead of one beat after the onset (README, "Design notes"). We drop those frames and let the
-        LM generate them; the output still starts with the prompt up to its last 0.18 s."""
-        from data import resample
+        The paper (and the reference) keeps every prompt frame. With LMConfig.trim_prompt_lookahead
+        (the tiny recipe) the last `codec.lookahead_frames` frames are dropped and generated anew: the
+        encoder looks that far ahead, so it encoded them as if the music stopped at the cut, and the LM
+        read that as "the note ends here" (NOTES.md, "Continuation drops the look-ahead frames")."""
         prompt = prompt if prompt.dim() == 3 else prompt[None]
         descriptions = [""] * prompt.shape[0] if descriptions is None else list(descriptions)
         wav = resample(prompt.mean(dim=1, keepdim=True).float(), prompt_sample_rate, self.sample_rate)
-        lookahead = self.codec.lookahead_frames
-        n_prompt = wav.shape[-1] // self.codec.hop_length - lookahead  # whole frames the cut did not touch
+        lookahead = self.prompt_lookahead_frames
+        n_prompt = wav.shape[-1] // self.codec.hop_length - lookahead  # whole frames kept
         if n_prompt < 1:
             raise ValueError(f"the prompt is shorter than {self.min_prompt_seconds:.2f} s: the codec's "
                              f"encoder looks {lookahead} frames ahead, so at least {lookahead + 1} frames are needed")
@@ -389,8 +303,13 @@ class MusicGen:
 
     @property
     def min_prompt_seconds(self) -> float:
-        """Shortest prompt generate_continuation takes: one frame beyond the encoder's look-ahead."""
-        return (self.codec.lookahead_frames + 1) * self.codec.hop_length / self.sample_rate
+        """Shortest prompt generate_continuation takes: one frame (beyond the trimmed look-ahead)."""
+        return (self.prompt_lookahead_frames + 1) * self.codec.hop_length / self.sample_rate
+
+    @property
+    def prompt_lookahead_frames(self) -> int:
+        """Frames dropped from the end of a continuation's prompt: 0 in the paper."""
+        return self.codec.lookahead_frames if self.lm.cfg.trim_prompt_lookahead else 0
 
     # -- the loop over windows --
     @torch.inference_mode()
@@ -431,7 +350,6 @@ class MusicGen:
 # ---- checkpoints: one self-describing dict ---------------------------------------------------------
 def save_lm(path, lm: MusicLM, tokenizer: Tokenizer, step=0, optimizer=None, extra=None):
     """Atomic write (temp file + rename), so an interrupted save never destroys the last checkpoint."""
-    import os
     ckpt = dict(config=asdict(lm.cfg), model=lm.state_dict(), vocab=list(tokenizer.vocab), step=step,
                 optimizer=optimizer.state_dict() if optimizer is not None else None,
                 rng=torch.get_rng_state(), **(extra or {}))
@@ -442,18 +360,13 @@ def save_lm(path, lm: MusicLM, tokenizer: Tokenizer, step=0, optimizer=None, ext
 
 def load_lm(path):
     """→ (lm, tokenizer, checkpoint dict). `weights_only=True`: a checkpoint can never run code."""
+    ckpt = read_checkpoint(path, "LM")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = LMConfig(**{"input_codebooks": ckpt["config"]["n_q"], **ckpt["config"]})  # older LMs read all K
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no LM checkpoint here (run `python train.py` first)") from None
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable LM checkpoint ({type(error).__name__}: {error})") from None
-    lm = MusicLM(cfg)
-    try:
+        lm = MusicLM(LMConfig(**ckpt["config"]))
         lm.load_state_dict(ckpt["model"])
-    except RuntimeError as error:  # e.g. written by an older musicgen.py with other parameter names
-        first_line = str(error).splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit this musicgen.py ({first_line}); retrain with "
-                         f"`python train.py --stage lm`") from None
-    return lm, Tokenizer(ckpt["vocab"]), ckpt
+        tokenizer = Tokenizer(ckpt["vocab"])
+    except Exception as error:  # e.g. written by an older musicgen.py with other parameter names
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: this LM checkpoint does not fit musicgen.py ({type(error).__name__}: "
+                         f"{first_line}); retrain with `python train.py --stage lm`") from None
+    return lm, tokenizer, ckpt

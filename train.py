@@ -13,57 +13,97 @@ import argparse
 import math
 import os
 import time
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 import data
+from audio import write_audio
 from conditioners import ConditionDropout, Tokenizer, word_dropout
-from encodec import (EncodecConfig, EncodecModel, InstantaneousFrequencyLoss, MSSTFTDiscriminator,
-                     MultiScaleMelLoss, SemitoneLoss, discriminator_hinge_loss, feature_matching_loss,
-                     generator_adversarial_loss)
+from discriminator import MSSTFTDiscriminator, discriminator_hinge_loss, feature_matching_loss, generator_adversarial_loss
+from encodec import EncodecConfig, EncodecModel
+from losses import ReconstructionLoss
+from metrics import codec_metrics
+from musicgen import LMConfig, MusicGen, MusicLM, check_input_codebooks, load_lm, save_lm
 from rvq import perplexity
-from musicgen import LMConfig, MusicGen, MusicLM, load_lm, save_lm
+from spectral_codec import build_codec, load_codec
 
 
 @dataclass
 class Preset:
-    """Training budgets. `tiny` fits the 10-minute CPU budget; `long` trades time for quality."""
-    n_clips: int = 1000           # toy clips generated when --data is missing (paper: 20k hours)
-    codec_steps: int = 3000       # (EnCodec: 300k steps on GPUs)
-    codec_batch: int = 16         # (EnCodec: 64 crops of 1 s)
-    # Adam, betas (0.5, 0.9) as EnCodec (which uses 3e-4 for 300k steps). 2e-3 gave a lower mel distance
-    # (0.49 vs 0.52) but lost the melody (chroma cosine 0.34 vs 0.59) in our 3000-step runs.
-    codec_lr: float = 1e-3
-    # Short crops (12 frames): on a CPU the number of updates, not the audio per update, limits how fast
-    # the codec learns; with the SEANet codec 0.24 s crops gave 4× more steps and a clearly better codec
-    # than 1 s crops in the same time (README, "Design notes").
-    codec_crop_seconds: float = 0.24
-    # Quantizer warm-up: the first half of the codec steps train encoder + decoder without the RVQ, then
-    # every codebook is k-means-initialised on the trained encoder's latents. With the SEANet codec,
-    # quantizing from step 0 (as EnCodec does over 300k steps) let the codebooks lock onto the untrained
-    # encoder's pitch-less features (chroma cosine 0.11 vs 0.46 with the warm-up, single runs). Kept for
-    # the spectral codec, where k-means on trained latents costs nothing.
-    codec_quantizer_warmup: float = 0.5
-    codec_grad_clip: float = 10.0  # max gradient norm of a codec step (EnCodec: none)
-    codec: EncodecConfig = None   # the codec's size (defaults to EncodecConfig())
-    lm_steps: int = 1500          # (paper: 1M steps)
-    lm_batch: int = 12            # (paper: 192 × 30 s)
-    lm_lr: float = 2e-3           # (paper: 1e-4 at D = 1024; tiny models take larger steps)
-    lm_warmup: int = 100          # (paper: 4000)
-    lm: LMConfig = None           # the LM's size (defaults to LMConfig())
+    """What one run trains: the two models' configs and the training budgets. The defaults are the
+    paper's (EnCodec's for stage 1); TINY below is the laptop recipe."""
+    codec: EncodecConfig = field(default_factory=EncodecConfig)
+    codec_steps: int = 300_000           # EnCodec: 300 epochs of 2000 updates
+    codec_batch: int = 64                # crops per step
+    codec_crop_seconds: float = 1.0      # crop length
+    codec_lr: float = 3e-4               # Adam, betas (0.5, 0.9)
+    codec_quantizer_warmup: float = 0.0  # fraction of steps trained without the RVQ (then k-means init)
+    codec_grad_clip: float = 0.0         # max gradient norm of a codec step (0 = none)
+    lm: LMConfig = field(default_factory=LMConfig)
+    lm_steps: int = 1_000_000
+    lm_batch: int = 192                  # windows of lm.window_seconds (30 s)
+    lm_lr: float = 1e-4                  # AdamW, betas (0.9, 0.95), weight decay 0.1
+    lm_warmup: int = 4000                # linear warm-up steps, then cosine decay
+    n_clips: int = 1000                  # toy clips built when data/toy is missing (paper: 20k hours)
 
 
+# ==== the tiny recipe: every value it changes from the paper, and why (evidence: NOTES.md) ============
+TINY_CODEC = replace(
+    EncodecConfig(),
+    sample_rate=16000,           # paper: 32000. Why: half the samples for the same music on a CPU.
+    ratios=(8, 5, 4, 2),         # paper: (8, 5, 4, 4). Why: keeps the paper's 50 Hz at 16 kHz.
+    n_filters=8,                 # paper: 64. Why: a model that trains in 3 CPU minutes.
+    dimension=64,                # paper: 128. Why: the same.
+    codebook_size=256,           # paper: 2048. Why: 1000 clips cannot fill 2048 codes.
+    dead_threshold=0.1,          # paper: 2. Why: 192 vectors a batch for 256 codes, not 3200 for 2048.
+    spectral=True,               # paper: False (SEANet). Why: a few-minute SEANet loses the melody.
+    snake=True,                  # paper: False (ELU). Why: periodic activations help pitched audio.
+    l1_weight=0.0,               # paper: 0.1. Why: the spectral decoder invents its own phase.
+    mel_weight=1.0,              # paper: 2. Why: fixed weights, equal to the two pitch losses'.
+    pitch_weight=1.0,            # paper: 0. Why: mel bands are too wide to tell a semitone apart.
+    frequency_weight=1.0,        # paper: 0. Why: without it the notes drift by tens of cents.
+    mel_scales=(64, 128, 256, 512, 1024, 2048),  # paper: from 32. Why: 8 mel bands at 32 are too coarse.
+    adversarial=False,           # paper: True. Why: in CPU minutes the discriminator only costs steps.
+)
+TINY_LM = replace(
+    LMConfig(),
+    dim=128,                     # paper: 1024. Why: a model that trains in 5 CPU minutes.
+    n_layers=4,                  # paper: 24. Why: the same.
+    n_heads=4,                   # paper: 16. Why: head width 32.
+    ffn_dim=512,                 # paper: 4096 (4·D). Why: 4·D kept.
+    dropout=0.1,                 # paper: 0. Why: 1000 clips are few even for 1.6M parameters.
+    window_seconds=4.0,          # paper: 30. Why: the toy clips are 4 s long.
+    input_codebooks=1,           # paper: all K. Why: the noisy finer codebooks drowned the beat.
+    text_dim=128,                # paper: T5-base, 768. Why: trained from scratch on 1000 descriptions.
+    text_layers=2,               # paper: 12. Why: the same.
+    text_heads=4,                # paper: 12. Why: the same.
+    cfg_dropout=0.1,             # paper: 0.3. Why: at 0.3 the tiny LM did not learn the tempo words.
+    melody_dropout=0.1,          # paper: 0.2. Why: the tiny LM then leans on the melody more.
+    start_weight=5.0,            # paper: 1. Why: the first frames teach the words the audio cannot.
+    cfg_coef=2.0,                # paper: 3. Why: stronger guidance pushes the tiny LM off its data.
+    trim_prompt_lookahead=True,  # paper: False. Why: look-ahead frames say "the note stops here".
+)
+TINY = Preset(
+    codec=TINY_CODEC, lm=TINY_LM,
+    codec_steps=3000,            # paper: 300k. Why: 3 minutes on 2 CPU cores.
+    codec_batch=16,              # paper: 64. Why: the same.
+    codec_crop_seconds=0.24,     # paper: 1. Why: on a CPU the number of updates limits learning.
+    codec_lr=1e-3,               # paper: 3e-4. Why: 100x fewer steps; 2e-3 lost the melody.
+    codec_quantizer_warmup=0.5,  # paper: 0. Why: codebooks fitted to an untrained encoder lose pitch.
+    codec_grad_clip=10.0,        # paper: none. Why: one gradient spike once silenced the decoder.
+    lm_steps=1500,               # paper: 1M. Why: 5 minutes on 2 CPU cores.
+    lm_batch=12,                 # paper: 192. Why: the same.
+    lm_lr=2e-3,                  # paper: 1e-4. Why: tiny models take larger steps.
+    lm_warmup=100,               # paper: 4000. Why: 1500 steps in all.
+)
 PRESETS = {
-    "tiny": Preset(lm=LMConfig(dim=128, n_layers=4, n_heads=4, ffn_dim=512, dropout=0.1), codec=EncodecConfig()),
-    # Untested end to end: bigger models, 6.7× the codec steps and 6.7× the LM steps of `tiny`. Measured
-    # nearby, with the previous recipe (LM reading all 4 codebooks): the tiny LM for 5000 steps on 2000
-    # clips gave adherence 0.74 (that tiny: 0.73) and melody chroma 0.38 (0.48) (README, "Keeping a beat").
-    "long": Preset(n_clips=2000, codec_steps=12000, codec=EncodecConfig(n_filters=16, dimension=128),
-                   lm_steps=10000, lm=LMConfig(dim=384, n_layers=6, n_heads=6, ffn_dim=1536)),
+    "tiny": TINY,
+    # Untested end to end: wider models and about 7x the steps of tiny.
+    "long": replace(TINY, n_clips=2000, codec_steps=12000, codec=replace(TINY_CODEC, n_filters=16, dimension=128),
+                    lm_steps=10000, lm=replace(TINY_LM, dim=384, n_layers=6, n_heads=6, ffn_dim=1536)),
 }
 
 
@@ -105,59 +145,6 @@ def codec_batch(wavs, indices, crop, generator):
     return torch.stack(batch)
 
 
-class ReconstructionLoss(nn.Module):
-    """EnCodec §3.4: time-domain L1 + multi-scale mel + RVQ commitment, plus our semitone loss
-    (encodec.SemitoneLoss) and instantaneous-frequency loss (encodec.InstantaneousFrequencyLoss),
-
-        L = λ_l1·L_l1 + λ_mel·L_mel + λ_pitch·L_semitone + λ_if·L_if + λ_c·L_commit,
-
-    with the config's fixed weights (EnCodec balances its gradients instead; README, "Design notes").
-    Terms with weight 0 are not computed."""
-
-    def __init__(self, cfg: EncodecConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.mel = MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales)
-        self.pitch = SemitoneLoss(cfg.sample_rate)
-        # On the decoder's own STFT grid (640-point window, 10 ms hop at 16 kHz).
-        self.frequency = InstantaneousFrequencyLoss(cfg.stft_n_fft, cfg.stft_hop)
-
-    def forward(self, wav, recon, commitment):
-        """wav, recon (B, 1, N); commitment scalar. Returns (loss, mel term) as scalars."""
-        cfg = self.cfg
-        l1 = (recon - wav).abs().mean() if cfg.l1_weight else 0.0
-        mel = self.mel(wav, recon)
-        pitch = self.pitch(wav, recon) if cfg.pitch_weight else 0.0
-        frequency = self.frequency(wav, recon) if cfg.frequency_weight else 0.0
-        loss = (cfg.l1_weight * l1 + cfg.mel_weight * mel + cfg.pitch_weight * pitch
-                + cfg.frequency_weight * frequency + cfg.commitment_weight * commitment)
-        return loss, mel
-
-
-@torch.no_grad()
-def evaluate_codec(codec, wavs, batch_size=16):
-    """Held-out reconstruction: mel distance, SI-SNR (dB), chroma cosine, per-codebook perplexity, and the
-    mel distance decoding with only the first k codebooks, k = 1..K (each added codebook should lower it)."""
-    from evaluate import chroma_cosine, mel_distance, si_snr
-    was_training = codec.training
-    codec.eval()
-    wav = torch.stack(wavs)  # (B, 1, N), held-out clips all have the dataset's clip length
-    device = next(codec.parameters()).device
-    codes = torch.cat([codec.encode(wav[i:i + batch_size].to(device)) for i in range(0, len(wav), batch_size)])
-    result = dict(perplexity=perplexity(codes, codec.codebook_size), mel_distance_per_n_q=[])
-    for k in range(1, codec.n_q + 1):
-        recon = torch.cat([codec.decode(codes[i:i + batch_size, :k]) for i in range(0, len(codes), batch_size)])
-        recon = recon[..., :wav.shape[-1]].cpu()  # (B, 1, T·hop) -> (B, 1, N)
-        result["mel_distance_per_n_q"].append(mel_distance(wav, recon, codec.sample_rate))
-    result["mel_distance"] = result["mel_distance_per_n_q"][-1]
-    result["si_snr_db"] = float(si_snr(wav, recon).mean())
-    # Does the melody survive? Argmax-chroma agreement with the original (chance ≈ 0.08, the paper's
-    # melody metric): the figure that shows whether this codec learned pitch (README, Results).
-    result["chroma_cosine"] = chroma_cosine(wav, recon, codec.sample_rate)
-    codec.train(was_training)
-    return result, recon
-
-
 def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, device="cpu", resume=False,
                 eval_every=500, n_valid=32):
     """Stage 1: train the codec of `preset` on the clips of `data_dir`; writes `out_dir/codec.pt` and a
@@ -175,15 +162,18 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
     # ---- data: raw clips in memory; random crops of whole frames ----
     clips = data.load_clips(data_dir, cfg.sample_rate)
     train_wavs = [c.wav for c in clips if c.split == "train"]
-    valid_wavs = [c.wav for c in clips if c.split != "train"][:n_valid] or train_wavs[:n_valid]
-    n = min(w.shape[-1] for w in valid_wavs)
-    valid_wavs = [w[:, :n] for w in valid_wavs]
     if not train_wavs:
         raise SystemExit(f"error: no training clip in {data_dir}")
+    valid_wavs = [c.wav for c in clips if c.split != "train"][:n_valid]
+    valid_name = "held-out"
+    if not valid_wavs:  # a small user folder: say so rather than call training clips held-out
+        valid_wavs, valid_name = train_wavs[:n_valid], "training (no held-out clips)"
+    n = min(w.shape[-1] for w in valid_wavs)
+    valid_wav = torch.stack([w[:, :n] for w in valid_wavs])  # (B, 1, N)
     crop = max(1, round(preset.codec_crop_seconds * cfg.frame_rate)) * cfg.hop_length
 
     # ---- model, losses, optimizers (EnCodec: Adam, betas (0.5, 0.9)) ----
-    codec = EncodecModel(cfg).to(device)
+    codec = build_codec(cfg).to(device)
     reconstruction_loss = ReconstructionLoss(cfg).to(device)
     optimizer = torch.optim.Adam(codec.parameters(), lr=preset.codec_lr, betas=(0.5, 0.9))
     disc = disc_optimizer = None
@@ -193,7 +183,7 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
     print(f"codec: {sum(p.numel() for p in codec.parameters()) / 1e6:.2f}M parameters, hop {cfg.hop_length} "
           f"({cfg.frame_rate:g} Hz), {cfg.n_q} × {cfg.codebook_size} codes = "
           f"{codec.quantizer.bitrate(cfg.frame_rate) / 1000:.2f} kbps, adversarial {'on' if disc else 'off'}, "
-          f"{len(train_wavs)} train / {len(valid_wavs)} held-out clips")
+          f"{len(train_wavs)} train / {len(valid_wavs)} {valid_name} clips")
     generator = torch.Generator().manual_seed(seed)
     step = 0
     warmup_steps = round(preset.codec_quantizer_warmup * max_steps)
@@ -252,10 +242,10 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
                     + cfg.feature_weight * feature_matching_loss(real_outputs, fake_outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # Gradient clipping (ours; EnCodec has none, DAC clips): one spike at the peak lr once threw
-            # the spectral decoder's log-magnitudes far past their clamp, where no gradient comes back
-            # (a 3600-step run fell to silence at step ~250). Healthy norms early on are ~10.
-            torch.nn.utils.clip_grad_norm_(codec.parameters(), preset.codec_grad_clip)
+            # Gradient clipping (tiny recipe; EnCodec has none, DAC clips): one spike at the peak lr can
+            # throw the spectral decoder's log-magnitudes past their clamp, where no gradient comes back.
+            if preset.codec_grad_clip:
+                torch.nn.utils.clip_grad_norm_(codec.parameters(), preset.codec_grad_clip)
             optimizer.step()
             if disc is not None:
                 # Discriminator side: hinge loss on real vs (detached) reconstructions.
@@ -269,8 +259,8 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
                             usage="/".join(f"{p:.0f}" for p in perplexity(codes, cfg.codebook_size)) if quantize
                             else "warm-up")
             if (step % eval_every == 0 and step > warmup_steps) or step == max_steps:
-                valid, _ = evaluate_codec(codec, valid_wavs)
-                tqdm.write(f"step {step}: held-out mel distance {valid['mel_distance']:.3f} "
+                valid, _ = codec_metrics(codec, valid_wav, per_n_q=True)
+                tqdm.write(f"step {step}: {valid_name.split()[0]} mel distance {valid['mel_distance']:.3f} "
                            f"(1..K codebooks: {' / '.join(f'{m:.3f}' for m in valid['mel_distance_per_n_q'])}), "
                            f"SI-SNR {valid['si_snr_db']:.1f} dB, chroma cosine {valid['chroma_cosine']:.2f}, perplexity "
                            f"{' / '.join(f'{p:.0f}' for p in valid['perplexity'])} of {cfg.codebook_size}")
@@ -282,13 +272,13 @@ def train_codec(out_dir, data_dir, preset: Preset, max_steps=None, seed=0, devic
     bar.close()
     save(step)
     seconds = time.time() - started
-    valid, recon = evaluate_codec(codec, valid_wavs)
+    valid, recon = codec_metrics(codec, valid_wav, per_n_q=True)
     # A few reconstructions to listen to, next to the checkpoint.
     samples = out / "codec_samples"
     samples.mkdir(exist_ok=True)
     for i in range(min(3, len(valid_wavs))):
-        data.write_audio(samples / f"{i}_original.wav", valid_wavs[i], cfg.sample_rate)
-        data.write_audio(samples / f"{i}_reconstruction.wav", recon[i], cfg.sample_rate)
+        write_audio(samples / f"{i}_original.wav", valid_wavs[i], cfg.sample_rate)
+        write_audio(samples / f"{i}_reconstruction.wav", recon[i], cfg.sample_rate)
     print(f"codec reconstructions in {samples}")
     return dict(valid, steps=step, seconds=seconds)
 
@@ -343,7 +333,7 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
     device = torch.device(device)
     out = Path(out_dir)
     max_steps = preset.lm_steps if max_steps is None else max_steps
-    codec, _ = EncodecModel.load(out / "codec.pt")
+    codec, _ = load_codec(out / "codec.pt")
     codec = codec.to(device).eval()
     resume_path = out / "lm.pt"
 
@@ -362,8 +352,9 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
     valid_ids = torch.tensor([i for i in long_enough if clips[i].split != "train"])
     if len(train_ids) == 0:
         raise SystemExit(f"error: no training clip in {data_dir} is at least {cfg.window_seconds} s long")
-    if len(valid_ids) == 0:
-        valid_ids = train_ids[:preset.lm_batch]  # tiny user folders: validate on a few training clips
+    valid_name = "held-out"
+    if len(valid_ids) == 0:  # a small user folder: say so rather than call training clips held-out
+        valid_ids, valid_name = train_ids[:preset.lm_batch], "training (no held-out clips)"
     # Resuming restores everything a step depends on: weights, optimizer moments, the data generator,
     # torch's RNG and the vocabulary; so the next step's loss equals the uninterrupted run's.
     ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume and resume_path.exists() else None
@@ -379,7 +370,7 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
     lm = MusicLM(cfg).to(device)
     n_params = sum(p.numel() for p in lm.parameters())
     print(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
-          f"vocabulary {len(tokenizer.vocab)} words, {len(train_ids)} train / {len(valid_ids)} held-out clips")
+          f"vocabulary {len(tokenizer.vocab)} words, {len(train_ids)} train / {len(valid_ids)} {valid_name} clips")
 
     # ---- optimizer: AdamW as the paper, (0.9, 0.95), weight decay 0.1 on matrices only ----
     optimizer = lm_optimizer(lm, preset.lm_lr)
@@ -451,7 +442,7 @@ def train_lm(out_dir, data_dir, preset: Preset, pattern="delay", max_steps=None,
                 # Plain cross-entropies on both sides (the objective also weighs the first frames, see
                 # MusicLM.compute_loss), so that train and held-out losses can be compared.
                 tqdm.write(f"step {step}: train loss {per_codebook.mean():.3f} (objective {loss.item():.3f}), "
-                           f"held-out loss {valid.mean():.3f} "
+                           f"{valid_name.split()[0]} loss {valid.mean():.3f} "
                            f"per codebook {[round(x, 3) for x in valid.tolist()]} "
                            f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
                 save(step)
@@ -492,7 +483,7 @@ def write_samples(out_dir, data_dir, n_text=4, seed=0):
     wav = model.generate_continuation(prompt, model.sample_rate, [clips[0].description])[0]
     written.append((samples / "continuation.wav", wav, f"continues 2 s of: {clips[0].description}"))
     for path, wav, caption in written:
-        data.write_audio(path, wav.cpu(), model.sample_rate)
+        write_audio(path, wav.cpu(), model.sample_rate)
         print(f"  {path}: {caption}")
     return [path for path, _, _ in written]
 
@@ -510,6 +501,8 @@ def parse_args(argv=None):
     p.add_argument("--pattern", default="delay",
                    choices=["parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e"],
                    help="codebook interleaving pattern of the LM (paper §2.2; default delay)")
+    p.add_argument("--input-codebooks", choices=["all", "1", "2", "3", "4"],
+                   help="codebooks the LM reads: a number, or 'all' (the paper); default: the preset's (tiny: 1)")
     p.add_argument("--max-steps", type=int, help="override the preset's steps for the chosen stage(s)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size for the chosen stage(s)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate for the chosen stage(s)")
@@ -533,7 +526,15 @@ def main(argv=None):
             overrides[f"{stage}_batch"] = args.batch_size
         if args.lr is not None:
             overrides[f"{stage}_lr"] = args.lr
+    if args.input_codebooks is not None:
+        overrides["lm"] = replace(preset.lm, input_codebooks=None if args.input_codebooks == "all"
+                                  else int(args.input_codebooks))
     preset = replace(preset, **overrides)
+    if args.stage in ("lm", "all"):  # a pattern the LM could not read fails now, not after the codec stage
+        try:
+            check_input_codebooks(replace(preset.lm, n_q=preset.codec.n_q, pattern=args.pattern))
+        except ValueError as error:
+            raise SystemExit(f"error: {error} (train.py --input-codebooks all)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import audio
 import data
 
 
@@ -120,15 +121,15 @@ def test_load_clips_converts_rate_and_filters_split(toy):
     train = data.load_clips(toy, 16000, split="train")
     assert {c.split for c in train} == {"train"}
     assert len(train) == sum(c.split == "train" for c in clips)
-    reread, _ = data.read_audio(toy / train[0].path)
+    reread, _ = audio.read_audio(toy / train[0].path)
     assert torch.equal(train[0].wav, reread)
 
 
 def test_mix_is_melody_stem_plus_drums(toy):
     """The stem is the mix without drums, at the same gain: identical when there are no drums."""
     for entry in data.load_manifest(toy):
-        mix, _ = data.read_audio(toy / entry["path"])
-        melody, _ = data.read_audio(toy / entry["attributes"]["melody_path"])
+        mix, _ = audio.read_audio(toy / entry["path"])
+        melody, _ = audio.read_audio(toy / entry["attributes"]["melody_path"])
         difference = (mix - melody).abs().max().item()
         if entry["attributes"]["drums"] == "no drums":
             assert difference < 2e-4  # 16-bit rounding only
@@ -199,7 +200,7 @@ def zero_crossing_frequency(wav, rate):
 @pytest.mark.parametrize("from_rate,to_rate", [(44100, 16000), (16000, 44100), (48000, 16000)])
 def test_resample_keeps_frequency_and_amplitude(from_rate, to_rate):
     wav = tone(440.0, from_rate)
-    out = data.resample(wav, from_rate, to_rate)
+    out = audio.resample(wav, from_rate, to_rate)
     assert out.shape == (math.ceil(len(wav) * to_rate / from_rate),)
     inner = out[to_rate // 10:-to_rate // 10]  # away from the zero-padded edges
     assert zero_crossing_frequency(inner, to_rate) == pytest.approx(440.0, rel=1e-3)
@@ -211,30 +212,30 @@ def test_resample_keeps_frequency_and_amplitude(from_rate, to_rate):
 
 
 def test_resample_removes_content_above_new_nyquist():
-    out = data.resample(tone(10000.0, 44100), 44100, 16000)  # 10 kHz cannot exist at 16 kHz
+    out = audio.resample(tone(10000.0, 44100), 44100, 16000)  # 10 kHz cannot exist at 16 kHz
     assert out[1600:-1600].abs().max() < 1e-3
 
 
 def test_resample_identity_and_leading_dims():
     wav = torch.randn(2, 3, 1000)
-    assert torch.equal(data.resample(wav, 16000, 16000), wav)
-    out = data.resample(wav, 16000, 24000)
+    assert torch.equal(audio.resample(wav, 16000, 16000), wav)
+    out = audio.resample(wav, 16000, 24000)
     assert out.shape == (2, 3, 1500)
-    assert torch.allclose(out[1, 2], data.resample(wav[1, 2], 16000, 24000))
+    assert torch.allclose(out[1, 2], audio.resample(wav[1, 2], 16000, 24000))
     with pytest.raises(ValueError):
-        data.resample(wav, 16000, 0)
+        audio.resample(wav, 16000, 0)
 
 
 # ----------------------------------------------------------------------------- audio helpers
 def test_read_audio_stereo_round_trip(tmp_path):
     path = tmp_path / "stereo.wav"
     wav = torch.stack([tone(440.0, 8000, 0.1), -tone(440.0, 8000, 0.1)])  # (2, 800)
-    data.write_audio(path, wav, 8000)
-    read, rate = data.read_audio(path)
+    audio.write_audio(path, wav, 8000)
+    read, rate = audio.read_audio(path)
     assert rate == 8000 and read.shape == (2, 800) and read.dtype == torch.float32
     assert (read - wav).abs().max() < 1e-4  # 16-bit quantisation only
-    assert data.to_mono(read).abs().max() < 1e-4  # the channels cancel
-    assert data.load_audio(path, 16000).shape == (1, 1600)
+    assert audio.to_mono(read).abs().max() < 1e-4  # the channels cancel
+    assert audio.load_audio(path, 16000).shape == (1, 1600)
 
 
 def test_read_audio_bad_files_name_the_file(tmp_path):
@@ -246,20 +247,20 @@ def test_read_audio_bad_files_name_the_file(tmp_path):
     sf.write(nan, np.array([0.0, np.nan, 0.5]), 16000, subtype="FLOAT")
     for path, reason in ((tmp_path / "missing.wav", "no such"), (garbage, "cannot read"),
                          (empty, "empty"), (nan, "NaN")):
-        with pytest.raises(data.AudioError, match=reason) as error:
-            data.read_audio(path)
+        with pytest.raises(audio.AudioError, match=reason) as error:
+            audio.read_audio(path)
         assert path.name in str(error.value)
 
 
 def test_to_mono_and_peak_normalize():
     wav = torch.tensor([[1.0, 2.0, -3.0], [3.0, 0.0, 1.0]])
-    assert torch.equal(data.to_mono(wav), torch.tensor([[2.0, 1.0, -1.0]]))
+    assert torch.equal(audio.to_mono(wav), torch.tensor([[2.0, 1.0, -1.0]]))
     with pytest.raises(ValueError):
-        data.to_mono(torch.zeros(2, 2, 2))
-    normalized = data.peak_normalize(wav)
+        audio.to_mono(torch.zeros(2, 2, 2))
+    normalized = audio.peak_normalize(wav)
     assert normalized.abs().max().item() == pytest.approx(0.9)
     assert torch.allclose(normalized, 0.3 * wav)  # one gain for all channels
-    assert torch.equal(data.peak_normalize(torch.zeros(1, 5)), torch.zeros(1, 5))
+    assert torch.equal(audio.peak_normalize(torch.zeros(1, 5)), torch.zeros(1, 5))
 
 
 # ----------------------------------------------------------------------------- manifest errors
@@ -268,7 +269,7 @@ def write_manifest(folder, lines):
 
 
 def test_load_manifest_errors_name_file_and_line(tmp_path):
-    data.write_audio(tmp_path / "a.wav", torch.zeros(100), 16000)
+    audio.write_audio(tmp_path / "a.wav", torch.zeros(100), 16000)
     good = json.dumps({"path": "a.wav", "description": "a sad tune"})
     for bad, reason in (("{not json", "bad JSON"), (json.dumps({"path": "a.wav"}), "description"),
                         (json.dumps({"path": "gone.wav", "description": "x"}), "gone.wav"),
@@ -285,7 +286,7 @@ def test_user_folder_gets_stable_hash_split(tmp_path):
     """A user's folder: no split, other sample rate, stereo; still loads through the same path."""
     lines = []
     for i in range(40):
-        data.write_audio(tmp_path / f"song{i}.wav", torch.zeros(2, 441), 44100)
+        audio.write_audio(tmp_path / f"song{i}.wav", torch.zeros(2, 441), 44100)
         lines.append(json.dumps({"path": f"song{i}.wav", "description": f"song {i}"}))
     write_manifest(tmp_path, lines)
     splits = [e["split"] for e in data.load_manifest(tmp_path)]

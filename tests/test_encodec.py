@@ -1,23 +1,33 @@
-"""encodec.py: shapes and lengths, the paper config's size, losses, discriminator, training, save/load."""
+"""encodec.py, spectral_codec.py, losses.py, discriminator.py: shapes and lengths, the paper config's size,
+losses, discriminator, training, save/load."""
 import math
 
 import pytest
 import torch
 
+from dataclasses import replace
+
+import audio
+import discriminator
 import encodec
+import losses
+import spectral_codec
+from spectral_codec import build_codec, load_codec
+from train import TINY_CODEC
 
 
 def micro_config(**changes):
-    """A codec small enough to run in milliseconds (the structure of the real one)."""
-    return encodec.EncodecConfig(**dict(dict(ratios=(8, 5, 4, 4), n_filters=4, dimension=8, codebook_size=16, lstm_layers=1,
-                                             mel_scales=(64, 128, 256), disc_filters=4), **changes))
+    """The tiny recipe's codec, shrunk to run in milliseconds (the structure of the real one)."""
+    return replace(TINY_CODEC, **dict(dict(ratios=(8, 5, 4, 4), n_filters=4, dimension=8, codebook_size=16, lstm_layers=1,
+                                           mel_scales=(64, 128, 256), disc_filters=4, disc_scales=(1024, 512, 256)),
+                                      **changes))
 
 
 @pytest.mark.parametrize("spectral", [True, False])
 @pytest.mark.parametrize("n_samples", [1, 639, 641, 3 * 640 + 17])
 def test_lengths_for_odd_inputs(n_samples, spectral):
     torch.manual_seed(0)
-    codec = encodec.EncodecModel(micro_config(spectral=spectral)).eval()
+    codec = build_codec(micro_config(spectral=spectral)).eval()
     wav = torch.randn(2, 1, n_samples)
     codes = codec.encode(wav)
     T = math.ceil(n_samples / 640)
@@ -30,7 +40,7 @@ def test_lengths_for_odd_inputs(n_samples, spectral):
 def test_derived_values():
     cfg = micro_config()
     assert cfg.hop_length == 640 and cfg.frame_rate == 25.0
-    paper = encodec.paper_config()
+    paper = encodec.EncodecConfig()
     assert paper.hop_length == 640 and paper.frame_rate == 50.0  # 32 kHz / 640 = the paper's 50 Hz
 
 
@@ -58,31 +68,31 @@ def expected_parameter_count(cfg):
 
 
 def test_paper_config_parameter_count():
-    cfg = encodec.paper_config()
-    model = encodec.EncodecModel(cfg)
+    cfg = encodec.EncodecConfig()
+    model = build_codec(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == expected_parameter_count(cfg)
     # ~57M, most of it in the two 1024-wide LSTMs (2 × 16.8M); audiocraft's 32 kHz checkpoint is ~59M.
     assert 50e6 < n_params < 65e6
     assert model.quantizer.bitrate(cfg.frame_rate) == 2200  # 4 × 11 bits × 50 Hz
     seanet = micro_config(spectral=False)
-    assert expected_parameter_count(seanet) == sum(p.numel() for p in encodec.EncodecModel(seanet).parameters())
+    assert expected_parameter_count(seanet) == sum(p.numel() for p in build_codec(seanet).parameters())
 
 
 def test_losses_are_zero_for_identical_inputs():
     torch.manual_seed(0)
     wav = torch.randn(2, 1, 4000)
-    assert encodec.MultiScaleMelLoss(16000, (64, 256, 1024))(wav, wav).item() == 0.0
-    disc = encodec.MSSTFTDiscriminator((256, 128), filters=4)
+    assert losses.MultiScaleMelLoss(16000, (64, 256, 1024))(wav, wav).item() == 0.0
+    disc = discriminator.MSSTFTDiscriminator((256, 128), filters=4)
     outputs = disc(wav)
-    assert encodec.feature_matching_loss(outputs, outputs).item() == 0.0
-    assert encodec.MultiScaleMelLoss(16000, (64, 256))(wav, 0.5 * wav).item() > 0.1
+    assert discriminator.feature_matching_loss(outputs, outputs).item() == 0.0
+    assert losses.MultiScaleMelLoss(16000, (64, 256))(wav, 0.5 * wav).item() > 0.1
 
 
 def test_istft_decoder_synthesis_rings_at_the_exact_frequency():
     """Known answer: the magnitudes of a 131 Hz cosine's STFT and the offset δ = 131·n_fft/sr − k in every
     bin must give back the cosine: a peak at 131 Hz (between the 25 Hz bins) and a flat envelope."""
-    decoder = encodec.ISTFTDecoder(micro_config(ratios=(8, 5, 4, 2)))  # hop 320: STFT hop 160, n_fft 640
+    decoder = spectral_codec.ISTFTDecoder(micro_config(ratios=(8, 5, 4, 2)))  # hop 320: STFT hop 160, n_fft 640
     sr, f, n = 16000, 131.0, 16000
     wav = torch.cos(2 * math.pi * f * torch.arange(n) / sr)
     spec = torch.stft(wav, decoder.n_fft, decoder.hop, window=decoder.window, return_complex=True)[..., :n // decoder.hop]
@@ -100,8 +110,8 @@ def test_istft_decoder_synthesis_rings_at_the_exact_frequency():
 
 
 def test_semitone_loss_hears_a_wrong_note():
-    loss = encodec.SemitoneLoss(16000)
-    bank = encodec.semitone_filterbank(2048, 16000)
+    loss = losses.SemitoneLoss(16000)
+    bank = audio.semitone_filterbank(2048, 16000)
     assert bank.shape == (61, 1025) and abs(bank[69 - 40].argmax().item() * 16000 / 2048 - 440) < 4  # A4 band
     t = torch.arange(8000) / 16000
     tone = lambda f, gain=0.5: (gain * torch.sin(2 * math.pi * f * t))[None, None]
@@ -113,7 +123,7 @@ def test_semitone_loss_hears_a_wrong_note():
 
 
 def test_instantaneous_frequency_loss_hears_detuning_not_phase_or_gain():
-    loss = encodec.InstantaneousFrequencyLoss(640, 160)
+    loss = losses.InstantaneousFrequencyLoss(640, 160)
     t = torch.arange(8000) / 16000
     tone = lambda f, phase=0.0, gain=0.5: (gain * torch.sin(2 * math.pi * f * t + phase))[None, None]
     e5 = tone(659.26)
@@ -133,7 +143,7 @@ def test_instantaneous_frequency_loss_hears_detuning_not_phase_or_gain():
 
 
 def test_mel_filterbank_shape_and_peaks():
-    bank = encodec.mel_filterbank(1024, 40, 16000)
+    bank = audio.mel_filterbank(1024, 40, 16000)
     assert bank.shape == (40, 513) and bank.min() >= 0
     assert bank.max(dim=1).values.min() > 0.5           # every band catches at least one FFT bin
     centres = bank.argmax(dim=1)
@@ -141,7 +151,7 @@ def test_mel_filterbank_shape_and_peaks():
 
 
 def test_discriminator_output_shapes():
-    disc = encodec.MSSTFTDiscriminator((256, 128), filters=4)
+    disc = discriminator.MSSTFTDiscriminator((256, 128), filters=4)
     outputs = disc(torch.randn(3, 1, 4096))
     assert len(outputs) == 2
     for (logits, features), n_fft in zip(outputs, (256, 128)):
@@ -151,37 +161,37 @@ def test_discriminator_output_shapes():
         assert logits.shape == (3, 1, frames, n_freqs)
         assert len(features) == 5 and features[0].shape == (3, 4, frames, n_fft // 2 + 1)
     real, fake = disc(torch.randn(3, 1, 4096)), disc(torch.randn(3, 1, 4096))
-    assert encodec.discriminator_hinge_loss(real, fake).item() >= 0
-    assert encodec.generator_adversarial_loss(fake).item() >= 0
+    assert discriminator.discriminator_hinge_loss(real, fake).item() >= 0
+    assert discriminator.generator_adversarial_loss(fake).item() >= 0
 
 
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     cfg = micro_config(n_filters=8, dimension=16)
-    codec = encodec.EncodecModel(cfg).train()
-    mel = encodec.MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales)
+    codec = build_codec(cfg).train()
+    mel = losses.MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales)
     t = torch.arange(2 * 1280) / cfg.sample_rate
     wav = (0.5 * torch.sin(2 * math.pi * torch.tensor([[220.0], [330.0]]) * t))[:, None]  # (2, 1, 2560)
     optimizer = torch.optim.Adam(codec.parameters(), lr=3e-3, betas=(0.5, 0.9))
-    losses = []
+    history = []
     for _ in range(30):
         recon, codes, commitment = codec(wav)
         loss = (recon - wav).abs().mean() + mel(wav, recon) + commitment
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+        history.append(loss.item())
+    assert sum(history[-5:]) / 5 < 0.8 * sum(history[:5]) / 5
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
     torch.manual_seed(0)
-    codec = encodec.EncodecModel(micro_config()).train()
+    codec = build_codec(micro_config()).train()
     codec(torch.randn(2, 1, 1280))  # initialise the codebooks
     path = tmp_path / "codec.pt"
     codec.save(path, step=7, note="hello")
     assert not (tmp_path / "codec.pt.tmp").exists()  # written to a temp file, then renamed
-    loaded, ckpt = encodec.EncodecModel.load(path)
+    loaded, ckpt = load_codec(path)
     assert ckpt["step"] == 7 and ckpt["note"] == "hello"
     for (name, a), (_, b) in zip(codec.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -193,11 +203,11 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 def test_bad_checkpoints_and_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        encodec.EncodecModel.load(tmp_path / "missing.pt")
+        load_codec(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
-        encodec.EncodecModel.load(tmp_path / "junk.pt")
-    codec = encodec.EncodecModel(micro_config()).eval()
+        load_codec(tmp_path / "junk.pt")
+    codec = build_codec(micro_config()).eval()
     with pytest.raises(ValueError, match="mono"):
         codec.encode(torch.randn(1, 2, 640))
     with pytest.raises(ValueError, match="codes must lie"):
@@ -208,7 +218,7 @@ def test_istft_decoder_frequency_offsets_stay_within_a_bin_and_keep_their_gradie
     """Pins a fix: δ was bounded only by a clamp at ±2 bins, whose gradient is 0 beyond it, and trained
     decoders parked most loud bins there. Now δ = tanh(raw): within ±1 bin, and always trainable."""
     cfg = micro_config(ratios=(8, 5, 4, 2))
-    decoder = encodec.ISTFTDecoder(cfg)
+    decoder = spectral_codec.ISTFTDecoder(cfg)
     half = decoder.n_freqs * decoder.per_frame  # the head's outputs: log magnitudes, then the δ
     with torch.no_grad():
         decoder.head.bias[half:] = 5.0  # every raw δ far beyond the bound
@@ -231,7 +241,7 @@ def test_lookahead_frames_is_exactly_what_a_cut_changes(spectral):
     uncut encoding (their receptive field ends before the cut) and change frame 20 - lookahead (its
     field reaches past the cut, into the zero padding). Fails if the look-ahead is over- or under-counted."""
     torch.manual_seed(0)
-    codec = encodec.EncodecModel(micro_config(spectral=spectral)).eval()
+    codec = build_codec(micro_config(spectral=spectral)).eval()
     lookahead = codec.lookahead_frames
     assert 1 <= lookahead < 20
     wav = torch.randn(1, 1, 32 * codec.hop_length)

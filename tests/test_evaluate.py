@@ -6,8 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+import audio
 import data
 import evaluate
+import metrics
+import probe
 import rvq
 
 
@@ -23,7 +26,7 @@ def exact_gaussian_sample(mean, cov, n=200, seed=0):
 # ---- Fréchet distance -------------------------------------------------------------------------------
 def test_frechet_of_a_set_with_itself_is_zero():
     x = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
-    assert abs(evaluate.frechet_distance(x, x)) < 1e-8
+    assert abs(metrics.frechet_distance(x, x)) < 1e-8
 
 
 def test_frechet_matches_closed_form_for_diagonal_gaussians():
@@ -33,7 +36,7 @@ def test_frechet_matches_closed_form_for_diagonal_gaussians():
     x = exact_gaussian_sample(mu1, torch.diag(a), seed=1)
     y = exact_gaussian_sample(mu2, torch.diag(b), seed=2)
     expected = 5.0 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0.0
-    assert evaluate.frechet_distance(x, y) == pytest.approx(expected, abs=1e-6)
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, abs=1e-6)
 
 
 def test_frechet_matches_closed_form_for_non_commuting_covariances():
@@ -44,7 +47,7 @@ def test_frechet_matches_closed_form_for_non_commuting_covariances():
     x = exact_gaussian_sample(torch.zeros(2), torch.eye(2), seed=3)
     y = exact_gaussian_sample(torch.zeros(2), cov2, seed=4)
     expected = 2 + 4.25 - 2 * (2 + 0.5)
-    assert evaluate.frechet_distance(x, y) == pytest.approx(expected, abs=1e-6)
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, abs=1e-6)
 
 
 # ---- KL ---------------------------------------------------------------------------------------------
@@ -52,19 +55,19 @@ def test_kl_hand_computed_and_zero_for_identical():
     p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
     q = torch.tensor([[0.9, 0.1], [1.0, 0.0]])
     # row 1: 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1) = 0.5 ln(25/9); row 2: 0. Mean over rows.
-    assert evaluate.kl_divergence(p, q) == pytest.approx(0.25 * math.log(25 / 9), abs=1e-4)
-    assert evaluate.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-9)
-    assert evaluate.kl_divergence(q, p) > 0  # asymmetric, and positive when they differ
+    assert metrics.kl_divergence(p, q) == pytest.approx(0.25 * math.log(25 / 9), abs=1e-4)
+    assert metrics.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.kl_divergence(q, p) > 0  # asymmetric, and positive when they differ
 
 
 # ---- codec metrics ----------------------------------------------------------------------------------
 def test_si_snr_hand_computed():
     reference = torch.tensor([1.0, -1.0, 1.0, -1.0]).view(1, 1, 4)
     noise = torch.tensor([1.0, 1.0, -1.0, -1.0]).view(1, 1, 4)  # zero mean, orthogonal to the reference
-    assert float(evaluate.si_snr(reference, reference + noise)) == pytest.approx(0.0, abs=1e-4)
-    assert float(evaluate.si_snr(reference, reference + 0.5 * noise)) == pytest.approx(10 * math.log10(4), abs=1e-4)
+    assert float(metrics.si_snr(reference, reference + noise)) == pytest.approx(0.0, abs=1e-4)
+    assert float(metrics.si_snr(reference, reference + 0.5 * noise)) == pytest.approx(10 * math.log10(4), abs=1e-4)
     # scale invariance: a louder copy is a perfect reconstruction
-    assert float(evaluate.si_snr(reference, 3 * reference)) > 60
+    assert float(metrics.si_snr(reference, 3 * reference)) > 60
 
 
 def test_codebook_perplexity_counts_used_entries():
@@ -73,7 +76,7 @@ def test_codebook_perplexity_counts_used_entries():
 
 
 def test_mel_filterbank_triangles_sum_to_one_between_centres():
-    bank = evaluate.mel_filterbank(1024, 40, 16000)  # (40, 513)
+    bank = audio.mel_filterbank(1024, 40, 16000)  # (40, 513)
     assert bank.shape == (40, 513)
     covered = (bank > 0).sum(0) == 2  # bins under two overlapping triangles
     assert torch.allclose(bank.sum(0)[covered], torch.ones(int(covered.sum())), atol=1e-5)
@@ -93,17 +96,17 @@ C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
 
 def test_chroma_cosine_of_a_scale_with_itself_is_one():
     scale = tune(C_MAJOR)
-    assert evaluate.chroma_cosine(scale, scale, 16000) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.chroma_cosine(scale, scale, 16000) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_chroma_cosine_against_transposed_melodies():
     scale = tune(C_MAJOR)
     # A tritone up: no frame can share a pitch class with the original (neighbours differ by <= 2).
     tritone = tune([m + 6 for m in C_MAJOR])
-    assert evaluate.chroma_cosine(scale, tritone, 16000) < 0.05
+    assert metrics.chroma_cosine(scale, tritone, 16000) < 0.05
     # Second half transposed: about half of the frames agree.
     half = tune(C_MAJOR[:4] + [m + 6 for m in C_MAJOR[4:]])
-    assert 0.35 < evaluate.chroma_cosine(scale, half, 16000) < 0.65
+    assert 0.35 < metrics.chroma_cosine(scale, half, 16000) < 0.65
 
 
 def test_beat_strength_tells_a_steady_beat_from_random_onsets():
@@ -120,20 +123,20 @@ def test_beat_strength_tells_a_steady_beat_from_random_onsets():
     steady = pings([0.5 * i for i in range(8)])
     scattered = pings(sorted(torch.rand(8, generator=torch.Generator().manual_seed(0)).mul(3.8).tolist()))
     wav = torch.stack([steady, scattered])[:, None]  # (2, 1, N)
-    log_mel = torch.log(evaluate.mel_filterbank(1024, 40, rate)
+    log_mel = torch.log(audio.mel_filterbank(1024, 40, rate)
                         @ torch.stft(wav[:, 0], 1024, 320, window=torch.hann_window(1024), return_complex=True).abs() ** 2 + 1e-4)
-    assert int(evaluate.onset_autocorrelation(log_mel)[0, 14:50].argmax()) + 15 == 25  # lag 25 frames = 0.5 s
-    strength = evaluate.beat_strength(wav)
+    assert int(probe.onset_autocorrelation(log_mel)[0, 14:50].argmax()) + 15 == 25  # lag 25 frames = 0.5 s
+    strength = probe.beat_strength(wav)
     assert strength[0] > 0.5 and strength[1] < strength[0] - 0.2, strength
-    assert torch.allclose(evaluate.beat_strength(0.1 * wav), strength, atol=1e-3)  # loudness-invariant
+    assert torch.allclose(probe.beat_strength(0.1 * wav), strength, atol=1e-3)  # loudness-invariant
 
 
 # ---- the probe --------------------------------------------------------------------------------------
 def test_probe_features_are_loudness_invariant():
     wav = tune(C_MAJOR)
-    features = evaluate.probe_features(wav)
+    features = probe.probe_features(wav)
     assert features.shape == (1, 122)
-    assert torch.allclose(features, evaluate.probe_features(0.25 * wav), atol=1e-3)
+    assert torch.allclose(features, probe.probe_features(0.25 * wav), atol=1e-3)
 
 
 def test_probe_separates_two_instruments(tmp_path):
@@ -142,21 +145,21 @@ def test_probe_separates_two_instruments(tmp_path):
     (first, _), (second, _) = Counter(c.attributes["instrument"] for c in clips).most_common(2)
     pair = [c for c in clips if c.attributes["instrument"] in (first, second)]
     train, test = pair[0::2], pair[1::2]  # interleaved halves: both instruments on both sides
-    probe, report = evaluate.train_probe(train, test, steps=200, n_augment=1,
-                                         attributes={"instrument": (first, second)})
+    model, report = probe.train_probe(train, test, steps=200, n_augment=1,
+                                      attributes={"instrument": (first, second)})
     assert len(test) >= 4
     assert report["per_attribute"]["instrument"] >= 0.9
 
 
 def test_probe_round_trips_through_a_weights_only_file(tmp_path):
-    probe = evaluate.AttributeProbe(122)
-    evaluate.save_probe(tmp_path / "probe.pt", probe, dict(accuracy=1.0))
+    model = probe.AttributeProbe(122)
+    probe.save_probe(tmp_path / "probe.pt", model, dict(accuracy=1.0))
     ckpt = torch.load(tmp_path / "probe.pt", weights_only=True)
-    loaded = evaluate.AttributeProbe(ckpt["n_features"], ckpt["hidden"])
+    loaded = probe.AttributeProbe(ckpt["n_features"], ckpt["hidden"])
     loaded.load_state_dict(ckpt["model"])
     features = torch.randn(3, 122)
-    probe.eval(), loaded.eval()
-    assert torch.equal(probe.embed(features), loaded.embed(features))
+    model.eval(), loaded.eval()
+    assert torch.equal(model.embed(features), loaded.embed(features))
 
 
 # ---- reporting --------------------------------------------------------------------------------------
@@ -191,8 +194,8 @@ def test_evaluation_and_pattern_ablation_run_end_to_end(tmp_path):
     data.make_toy_dataset(data_dir, n=12, seed=0)
     train.main(["--stage", "codec", "--data", str(data_dir), "--out", str(run), "--max-steps", "2",
                 "--batch-size", "2", "--device", "cpu"])
-    micro = replace(train.PRESETS["tiny"], lm_batch=2, lm_warmup=1,
-                    lm=LMConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=64, text_dim=16, text_layers=1, text_heads=2))
+    micro = replace(train.TINY, lm_batch=2, lm_warmup=1,
+                    lm=replace(train.TINY_LM, dim=32, n_layers=1, n_heads=2, ffn_dim=64, text_dim=16, text_layers=1, text_heads=2))
     rows = evaluate.ablate_patterns(run, data_dir, steps=2, n=2, preset=micro, batch_size=2)
     assert set(rows) == {"parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e"}
     steps = {name: row["decoding_steps_10s"] for name, row in rows.items()}

@@ -166,7 +166,7 @@ def test_lm_resume_continues_exactly(run, dataset, tmp_path, monkeypatch):
         return loss, per_codebook
 
     monkeypatch.setattr(musicgen.MusicLM, "compute_loss", logged)
-    preset = train.PRESETS["tiny"]
+    preset = train.TINY
     preset = train.replace(preset, lm_batch=2, lm_warmup=1)
     results = {}
     for name, interrupt in (("straight", None), ("resumed", 2)):
@@ -191,7 +191,7 @@ def test_lm_resume_continues_exactly(run, dataset, tmp_path, monkeypatch):
 
 
 def test_codec_resume_continues_exactly(dataset, tmp_path, monkeypatch):
-    preset = train.replace(train.PRESETS["tiny"], codec_batch=2)
+    preset = train.replace(train.TINY, codec_batch=2)
     weights = {}
     for name, interrupt in (("straight", None), ("resumed", 2)):
         out = tmp_path / name

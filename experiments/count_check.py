@@ -1,6 +1,6 @@
 """Can our LM keep a beat? A synthetic check of the tiny LM recipe, without the codec.
 
-README, "Keeping a beat": on codec tokens, our LM reading all four codebooks ended notes at random
+NOTES.md, "Keeping a beat": on codec tokens, our LM reading all four codebooks ended notes at random
 times. This script asks whether the LM itself can count, by training it on token sequences whose
 rhythm is known exactly:
 
@@ -18,45 +18,28 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
   --noisy-finer   codebooks 2..4 are random every frame (the codec's finer codebooks cost 2.8-4.5 nats)
   --hide-finer    the LM reads codebook 1 only (LMConfig.input_codebooks = 1, as train.py's tiny preset)
 
-Measured (1000 steps, ~2.5 min each on 2 CPU cores; "new note" = a token that is neither the run's token
-nor its partner, nor the rest; rows marked * come from earlier versions of this script, with a slightly
-different learning-rate schedule and weight decay, and for the first three finer codebooks holding one
-random token per run; the --hide-finer row put the special token in the finer codebooks' inputs
-instead of leaving them out, which only adds a constant vector):
-                                          P(new note) teacher-forced   sampled runs on the
-                                          on the beat     inside        half-beat grid (± 2)
-    clean runs                            0.98            0.00          0.98-1.00
-    --rests 0.25 *                        0.98            0.00
-    --flicker 0.02 *                      0.83            0.02
-    --flicker 0.1 *                       0.10            0.14          (flickering runs are off-grid)
-    --codebooks 4 --noisy-finer           0.06            0.04          0.03-0.24
-    ... --hide-finer *                    0.97            0.00          0.88-0.94
-    --pitch-tracks data/toy                                             0.92-1.00 (data: 1.00)
-
-    --pitch-tracks data/toy --codec runs/tiny   the probe hears the tempo of the decoded samples (training
-                                                clips: 1.00); beat (evaluate.beat_strength; clips 0.56-0.62)
-      (codebook 1 only)                         0.90, beat 0.44
-      --codebooks 4                             0.40, beat 0.19   (the paper's LM: reads all 4)
-      --codebooks 4 --hide-finer                0.81, beat 0.28   (train.py's tiny LM: reads codebook 1)
+The measured tables (1000 steps, ~2.5 min each on 2 CPU cores) are in NOTES.md, "Keeping a beat".
 
 Shape letters: B batch, K codebooks, T frames (200 = 4 s at 50 Hz).
 Data flow: synthetic codes -> musicgen.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
 
-    python count_check.py --flicker 0.1
+    python -m experiments.count_check --flicker 0.1     # from the repository's root
 """
 import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 import data
-import evaluate
-from encodec import EncodecModel
-from musicgen import LMConfig, MusicLM, generate_codes
-from train import cosine_lr, lm_optimizer
+import probe as attribute_probe
+from musicgen import MusicLM
+from sampling import generate_codes
+from spectral_codec import load_codec
+from train import TINY_LM, cosine_lr, lm_optimizer
 
 TEMPI = ("fast", "medium", "slow")  # the toy tempo words; a batch's `tempo` indexes this tuple
 PERIODS = (18.75, 27.27, 42.86)  # frames per beat at 50 Hz for 160, 110 and 70 BPM (TEMPI's order)
@@ -125,7 +108,7 @@ def main():
     # ---- data: the real melodies, if asked (25 Hz pitch track -> 50 Hz frames), or their codec tokens ----
     pitch_tracks = None
     if args.codec:  # the codec's tokens of the clips: what the real LM learns from
-        codec, _ = EncodecModel.load(Path(args.codec) / "codec.pt")
+        codec, _ = load_codec(Path(args.codec) / "codec.pt")
         clips = data.load_clips(args.pitch_tracks, codec.sample_rate, split="train")
         with torch.no_grad():
             tokens = [codec.encode(clip.wav[None])[0, :, :T] for clip in clips]  # (1, N) -> (K, T) each
@@ -139,10 +122,9 @@ def main():
         p.error(f"{args.pitch_tracks}: needs training clips of every tempo (fast, medium, slow)")
 
     # ---- model: the tiny preset's LM, no condition dropout (the tempo word is all it gets) ----
-    cfg = LMConfig(n_q=args.codebooks, codebook_size=256, frame_rate=50.0, sample_rate=16000, dim=128, n_layers=4,
-                   n_heads=4, ffn_dim=512, dropout=0.1, text_vocab_size=8, cfg_dropout=0.0, melody_dropout=1.0,
-                   word_dropout=0.0, start_weight=1.0,
-                   input_codebooks=1 if args.hide_finer else args.codebooks)  # --hide-finer: read codebook 1 only
+    cfg = replace(TINY_LM, n_q=args.codebooks, codebook_size=256, frame_rate=50.0, sample_rate=16000,
+                  text_vocab_size=8, cfg_dropout=0.0, melody_dropout=1.0, start_weight=1.0,
+                  input_codebooks=1 if args.hide_finer else None)  # --hide-finer: read codebook 1 only
     lm = MusicLM(cfg)
     describe = lambda tempo: lm.encode_text((tempo + 2)[:, None], torch.ones(len(tempo), 1, dtype=torch.bool))
     no_melody = lambda B: torch.zeros(B, lm.melody_frames, 12)
@@ -197,15 +179,15 @@ def main():
         print(f"{name} (beat {PERIODS[t]} frames): sampled runs on the half-beat grid {on_grid(made, PERIODS[t]):.2f} "
               f"({len(made)} runs), training-like data {on_grid(given, PERIODS[t]):.2f}")
     if args.codec:  # the tempo as the probe hears it, in the decoded samples and in the decoded training codes
-        probe, _ = evaluate.load_or_train_probe(args.codec, args.pitch_tracks)
+        probe, _ = attribute_probe.load_or_train_probe(args.codec, args.pitch_tracks)
         heard = torch.tensor([probe.attributes["tempo"].index(name) for name in TEMPI])  # our index -> probe's
         for name, tokens in (("training clips", codes), ("samples", sampled)):
             with torch.no_grad():
                 audio = codec.decode(tokens)  # (48, K, T) -> (48, 1, N), K codebooks
-            _, probs, _ = evaluate.probe_outputs(probe, audio, codec.sample_rate)
+            _, probs, _ = attribute_probe.probe_outputs(probe, audio, codec.sample_rate)
             hits = probs["tempo"].argmax(-1) == heard[tempo]
             print(f"{name}, decoded: the probe hears the tempo of {hits.float().mean():.2f}, "
-                  f"beat {evaluate.beat_strength(audio, codec.sample_rate).mean():.2f}")
+                  f"beat {attribute_probe.beat_strength(audio, codec.sample_rate).mean():.2f}")
 
 
 if __name__ == "__main__":
