@@ -17,6 +17,7 @@ import time
 import torch
 
 import train
+from train_lm import lm_config_for
 from conditioners import Tokenizer
 from losses import ReconstructionLoss
 from musicgen import MusicGen, MusicLM
@@ -28,7 +29,7 @@ def untrained_model() -> MusicGen:
     preset = train.TINY
     codec = build_codec(preset.codec)
     tokenizer = Tokenizer.build(["a cheerful fast tune on a plucked guitar with drums"])
-    return MusicGen(codec, MusicLM(train.lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
+    return MusicGen(codec, MusicLM(lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
                     tokenizer)
 
 
@@ -67,7 +68,7 @@ def time_training_steps(preset, n_steps: int = 10) -> dict:
         loss.backward()
         optimizer.step()
 
-    lm = MusicLM(train.lm_config_for(codec, preset.lm, text_vocab_size=100))
+    lm = MusicLM(lm_config_for(codec, preset.lm, text_vocab_size=100))
     lm_optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
     T, K = lm.cfg.window_frames, lm.cfg.n_q
     codes = torch.randint(0, lm.cfg.codebook_size, (preset.lm_batch, K, T))

@@ -269,7 +269,7 @@ class EncodecModel(nn.Module):
         The encoder is non-causal (centred STFT windows, "same" convs; only its LSTM runs forward in
         time), so frame t also sees a few frames to its right. At the end of a clip those are zero
         padding, i.e. silence: encoding a prompt cut from the middle of a note gives last frames that
-        say "the note stops here" (NOTES.md, "Continuation drops the look-ahead frames"). Measured, not
+        say "the note stops here" (NOTES.md, "Continuation drops look-ahead frames"). Measured, not
         derived, so it holds for both encoders: change only the last frame of a noise signal and count
         the earlier frames whose latent moves.
         """

@@ -33,6 +33,7 @@ import torch
 
 import data
 import train
+import train_lm
 from audio import stack_wavs, write_audio
 from metrics import chroma_cosine, codec_metrics, frechet_distance, kl_divergence
 from musicgen import MusicGen
@@ -188,12 +189,12 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
     # Encode the dataset once with the frozen codec; every pattern's LM trains on the same codes.
     codec, _ = load_codec(run_dir / "codec.pt", device)
     clips = data.load_clips(data_dir, codec.sample_rate)
-    encoded = (clips, train.encode_dataset(codec, clips, device))
+    encoded = (clips, train_lm.encode_dataset(codec, clips, device))
     for name in (patterns or PATTERN_NAMES):
         out = run_dir / "ablation" / name
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(run_dir / "codec.pt", out / "codec.pt")  # the same frozen codec for every pattern
-        summary = train.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
+        summary = train_lm.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
                                  encoded=encoded)
         model = MusicGen.load(out)
         sr = model.sample_rate

@@ -212,7 +212,7 @@ class MusicLM(nn.Module):
         # The paper's loss is the plain mean (start_weight = 1). The tiny recipe weighs the first
         # start_frames frames more: there the LM has no audio to go on and must choose from the
         # conditions alone, while later frames are mostly predictable from the audio before them, so
-        # in a plain mean the description is worth a few tokens in 800 (NOTES.md, "Start-frame weight").
+        # in a plain mean the description is worth a few tokens in 800 (NOTES.md, "Start-frame loss weight").
         frame_weight = torch.ones(T, device=codes.device)
         frame_weight[:self.cfg.start_frames] = self.cfg.start_weight
         objective, per_codebook = [], []
@@ -289,7 +289,7 @@ class MusicGen:
         The paper (and the reference) keeps every prompt frame. With LMConfig.trim_prompt_lookahead
         (the tiny recipe) the last `codec.lookahead_frames` frames are dropped and generated anew: the
         encoder looks that far ahead, so it encoded them as if the music stopped at the cut, and the LM
-        read that as "the note ends here" (NOTES.md, "Continuation drops the look-ahead frames")."""
+        read that as "the note ends here" (NOTES.md, "Continuation drops look-ahead frames")."""
         prompt = prompt if prompt.dim() == 3 else prompt[None]
         descriptions = [""] * prompt.shape[0] if descriptions is None else list(descriptions)
         wav = resample(prompt.mean(dim=1, keepdim=True).float(), prompt_sample_rate, self.sample_rate)

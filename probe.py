@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import toy
 from audio import hz_to_midi, mel_filterbank, resample, stack_wavs
 
 PROBE_RATE = 16000  # the probe works at the toy sample rate; other audio is resampled first
@@ -91,7 +92,7 @@ def beat_strength(wav, sample_rate=PROBE_RATE):
     """How periodic a clip's onsets are: the highest onset autocorrelation at lags 0.3-1.0 s (beats of
     200-60 BPM; the toy tempi are 0.86, 0.55 and 0.38 s). Steady onsets score high, onsets at random
     times low (a test pins both). Not in the paper: it tracks keeping a beat, the tiny LM's weakest
-    skill (NOTES.md, "Keeping a beat"). wav (B, 1, N) -> (B,)."""
+    skill (NOTES.md, "LM reads codebook 1 only"). wav (B, 1, N) -> (B,)."""
     _, _, log_mel = normalised_log_mel(wav, sample_rate)  # (B, 1, N) -> (B, 40, T50)
     return onset_autocorrelation(log_mel)[:, 14:50].amax(-1)  # lags 15..50 frames: (B, 100) -> (B,)
 
@@ -121,7 +122,7 @@ class AttributeProbe(nn.Module):
 
     def __init__(self, n_features, hidden=64, attributes=None):
         super().__init__()
-        self.attributes = dict(attributes or data.ATTRIBUTES)  # name -> label values
+        self.attributes = dict(attributes or toy.ATTRIBUTES)  # name -> label values
         self.register_buffer("mean", torch.zeros(n_features))  # train statistics of the features
         self.register_buffer("std", torch.ones(n_features))
         self.body = nn.Sequential(nn.Dropout(0.1), nn.Linear(n_features, hidden), nn.ReLU())
@@ -137,7 +138,7 @@ class AttributeProbe(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}  # name -> (B, n_values)
 
 
-def attribute_labels(clips, attributes=data.ATTRIBUTES):
+def attribute_labels(clips, attributes=toy.ATTRIBUTES):
     """name -> (B,) int64 label index (-1 where a clip lacks the attribute)."""
     return {name: torch.tensor([values.index(c.attributes[name]) if c.attributes.get(name) in values else -1
                                 for c in clips]) for name, values in attributes.items()}
@@ -150,7 +151,7 @@ def batched(fn, wav, size=64):
 
 def train_probe(train_clips, heldout_clips, seed=0, steps=400, n_augment=2, hidden=64, attributes=None):
     """Fit the probe on real training clips (plus degraded copies); report held-out accuracy.
-    `attributes` (name -> label values) defaults to data.ATTRIBUTES.
+    `attributes` (name -> label values) defaults to toy.ATTRIBUTES.
 
     Returns (probe, report) with report = {"accuracy": mean held-out accuracy, "per_attribute": {...},
     "accuracy_degraded": the same on degraded held-out clips}.

@@ -102,7 +102,7 @@ class ISTFTDecoder(nn.Module):
         # δ = tanh(raw) ∈ (-1, 1) bins: smooth, so its gradient never dies, and within one bin. With
         # hop = n_fft / 4, δ = ±2 adds ±π of phase per hop: a bin's consecutive frames overlap in
         # antiphase and cancel, which a looser bound let the decoder use as a second volume knob,
-        # blurring held notes by a semitone (NOTES.md, "Frequency offsets bounded to one bin"). A
+        # blurring held notes by a semitone (NOTES.md, "Frequency offsets within one bin"). A
         # sinusoid's bins ±1 around its frequency carry most of its energy.
         return self.synthesize(log_magnitude, torch.tanh(raw_delta))
 

@@ -22,12 +22,12 @@ Data flow: (B, S, D) summed embeddings of musicgen.py ──Transformer(cross-at
 Deviations: the reference (audiocraft) has bias-free linear layers but LayerNorms with a bias; we drop
 the LayerNorm bias too so that the model is literally bias-free.
 
-Decoding speed. One cached step of the tiny LM is ~1.3 ms on a 2-core CPU, and most of that is the
-fixed cost of each torch call (~5-25 µs), not arithmetic. So the hot path avoids calls, never maths:
+Decoding speed. A cached step of the tiny LM takes about a millisecond on a CPU, mostly the fixed
+cost of each torch call, not arithmetic. So the hot path avoids calls, never maths:
 the cache writes new keys/values into preallocated buffers instead of re-concatenating the past
 (`LayerCache`), W_K and W_V are one matrix (`to_kv`), the condition's null rows are prepared once
 (`LayerCache.set_condition`), dropout is a check rather than a module, and positions come from a
-table. Each change is exact (tests compare cached and full passes); README "Results" has the figures.
+table. Each change is exact (tests compare cached and full passes); NOTES.md has the figures.
 """
 import math
 
@@ -149,7 +149,7 @@ class LayerCache:
 
     The self-attention keys/values of past steps live in preallocated buffers that double when full:
     appending a step writes it in place. (The obvious `torch.cat([past, new])` copies the whole past at
-    every step; that copy was 20% of a cached step's time at 4 s.)
+    every step, a fifth of a cached step's time at 4 s.)
     """
 
     def __init__(self):

@@ -1,6 +1,6 @@
 """Can our LM keep a beat? A synthetic check of the tiny LM recipe, without the codec.
 
-NOTES.md, "Keeping a beat": on codec tokens, our LM reading all four codebooks ended notes at random
+NOTES.md, "LM reads codebook 1 only": on codec tokens, our LM reading all four codebooks ended notes at random
 times. This script asks whether the LM itself can count, by training it on token sequences whose
 rhythm is known exactly:
 
@@ -18,7 +18,7 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
   --noisy-finer   codebooks 2..4 are random every frame (the codec's finer codebooks cost 2.8-4.5 nats)
   --hide-finer    the LM reads codebook 1 only (LMConfig.input_codebooks = 1, as train.py's tiny preset)
 
-The measured tables (1000 steps, ~2.5 min each on 2 CPU cores) are in NOTES.md, "Keeping a beat".
+The measured tables (1000 steps, ~2.5 min each on 2 CPU cores) are in NOTES.md, "LM reads codebook 1 only".
 
 Shape letters: B batch, K codebooks, T frames (200 = 4 s at 50 Hz).
 Data flow: synthetic codes -> musicgen.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
@@ -39,7 +39,8 @@ import probe as attribute_probe
 from musicgen import MusicLM
 from sampling import generate_codes
 from spectral_codec import load_codec
-from train import TINY_LM, cosine_lr, lm_optimizer
+from train import TINY_LM
+from train_lm import cosine_lr, lm_optimizer
 
 TEMPI = ("fast", "medium", "slow")  # the toy tempo words; a batch's `tempo` indexes this tuple
 PERIODS = (18.75, 27.27, 42.86)  # frames per beat at 50 Hz for 160, 110 and 70 BPM (TEMPI's order)

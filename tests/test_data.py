@@ -12,13 +12,14 @@ import torch
 
 import audio
 import data
+import toy as toy_data
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """One small dataset shared by the format tests (generating audio is the slow part)."""
     out = tmp_path_factory.mktemp("toy")
-    data.make_toy_dataset(out, n=20, seed=3)
+    toy_data.make_toy_dataset(out, n=20, seed=3)
     return out
 
 
@@ -29,7 +30,7 @@ def files_of(folder):
 # ----------------------------------------------------------------------------- dataset
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        data.make_toy_dataset(tmp_path / name, n=4, seed=seed)
+        toy_data.make_toy_dataset(tmp_path / name, n=4, seed=seed)
     a, b, c = (files_of(tmp_path / name) for name in "abc")
     assert len(a) == 2 * 4 + 1 and a == b  # clips + stems + manifest, byte for byte
     assert a.keys() == c.keys()
@@ -37,8 +38,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
 
 
 def test_clip_depends_only_on_seed_and_index(tmp_path):
-    data.make_toy_dataset(tmp_path / "few", n=2, seed=5)
-    data.make_toy_dataset(tmp_path / "more", n=5, seed=5)
+    toy_data.make_toy_dataset(tmp_path / "few", n=2, seed=5)
+    toy_data.make_toy_dataset(tmp_path / "more", n=5, seed=5)
     for name in ("clips/00000.wav", "clips/00001.wav", "stems/00001_melody.wav"):
         assert (tmp_path / "few" / name).read_bytes() == (tmp_path / "more" / name).read_bytes()
 
@@ -50,17 +51,17 @@ def test_manifest_format(toy):
         entry = json.loads(line)
         assert set(entry) == {"path", "description", "duration", "sample_rate", "split",
                               "attributes"}
-        assert entry["duration"] == data.CLIP_SECONDS and entry["sample_rate"] == data.SAMPLE_RATE
+        assert entry["duration"] == toy_data.CLIP_SECONDS and entry["sample_rate"] == toy_data.SAMPLE_RATE
         assert entry["split"] in ("train", "heldout")
         assert isinstance(entry["description"], str) and len(entry["description"].split()) >= 2
         attributes = entry["attributes"]
-        for name, values in data.ATTRIBUTES.items():
+        for name, values in toy_data.ATTRIBUTES.items():
             assert attributes[name] in values
-        assert attributes["bpm"] == data.BPM[attributes["tempo"]]
-        assert set(attributes["stated"]) <= set(data.ATTRIBUTES)
+        assert attributes["bpm"] == toy_data.BPM[attributes["tempo"]]
+        assert set(attributes["stated"]) <= set(toy_data.ATTRIBUTES)
         assert len(attributes["stated"]) >= 4
         if entry["split"] == "heldout":
-            assert sorted(attributes["stated"]) == sorted(data.ATTRIBUTES)
+            assert sorted(attributes["stated"]) == sorted(toy_data.ATTRIBUTES)
         for key in ("path", "melody_path"):
             relative = entry[key] if key == "path" else attributes[key]
             info = sf.info(toy / relative)
@@ -68,19 +69,19 @@ def test_manifest_format(toy):
             assert info.frames == 16000 * 4
         pitch = attributes["pitch"]
         assert attributes["pitch_frame_rate"] == 25.0 and len(pitch) == 4 * 25
-        low = data.TONIC_MIDI[attributes["register"]]
+        low = toy_data.TONIC_MIDI[attributes["register"]]
         high = low + 12
         assert all(p == 0 or low <= p <= high for p in pitch)
-        scale = data.SCALES[attributes["mode"]]
+        scale = toy_data.SCALES[attributes["mode"]]
         assert all(p == 0 or (p % 12) in scale for p in pitch)
-        assert pitch[0] == low + scale[data.FIRST_DEGREE]  # every melody starts on the third (E or Eb)
+        assert pitch[0] == low + scale[toy_data.FIRST_DEGREE]  # every melody starts on the third (E or Eb)
 
 
 def test_descriptions_state_their_attributes(toy):
     """Each stated value is said with one of its own words; no word serves two values."""
-    words = {value: set(data.ADJECTIVES.get(value, ())) | set(data.PHRASES.get(value, ()))
-             for values in data.ATTRIBUTES.values() for value in values}
-    for value, nouns in data.NOUNS.items():
+    words = {value: set(toy_data.ADJECTIVES.get(value, ())) | set(toy_data.PHRASES.get(value, ()))
+             for values in toy_data.ATTRIBUTES.values() for value in values}
+    for value, nouns in toy_data.NOUNS.items():
         words[value] = {noun.split(" ", 1)[-1] if noun.startswith(("a ", "an ")) else noun
                         for noun in nouns}
     for (v1, w1), (v2, w2) in itertools.combinations(words.items(), 2):
@@ -95,20 +96,20 @@ def test_descriptions_state_their_attributes(toy):
 def test_heldout_combinations_never_in_train():
     combos = {"train": set(), "heldout": set()}
     for i in range(3000):  # the sampler alone is cheap, so check many draws
-        split, a = data._sample_attributes(np.random.default_rng([0, i]))
+        split, a = toy_data._sample_attributes(np.random.default_rng([0, i]))
         combos[split].add((a["instrument"], a["mode"], a["tempo"]))
-    assert combos["heldout"] == set(data.HELDOUT_COMBOS)
+    assert combos["heldout"] == set(toy_data.HELDOUT_COMBOS)
     assert not combos["train"] & combos["heldout"]
-    assert len(combos["train"]) == 30 - len(data.HELDOUT_COMBOS)
+    assert len(combos["train"]) == 30 - len(toy_data.HELDOUT_COMBOS)
     for position, name in enumerate(("instrument", "mode", "tempo")):  # nothing unseen in train
-        assert {c[position] for c in combos["train"]} == set(data.ATTRIBUTES[name])
+        assert {c[position] for c in combos["train"]} == set(toy_data.ATTRIBUTES[name])
 
 
 def test_heldout_split_in_written_dataset(toy):
     entries = data.load_manifest(toy)
     for entry in entries:
         a = entry["attributes"]
-        is_heldout = (a["instrument"], a["mode"], a["tempo"]) in data.HELDOUT_COMBOS
+        is_heldout = (a["instrument"], a["mode"], a["tempo"]) in toy_data.HELDOUT_COMBOS
         assert is_heldout == (entry["split"] == "heldout")
 
 
@@ -139,15 +140,15 @@ def test_mix_is_melody_stem_plus_drums(toy):
 
 def render(instrument, register, mode="major", tempo="medium", drums="no drums", seed=0):
     attributes = dict(instrument=instrument, register=register, mode=mode, tempo=tempo, drums=drums)
-    return data._synthesize_clip(attributes, np.random.default_rng(seed))
+    return toy_data._synthesize_clip(attributes, np.random.default_rng(seed))
 
 
 def spectral_centroid(wav):
     power = np.abs(np.fft.rfft(wav)) ** 2
-    return (np.fft.rfftfreq(len(wav), 1 / data.SAMPLE_RATE) * power).sum() / power.sum()
+    return (np.fft.rfftfreq(len(wav), 1 / toy_data.SAMPLE_RATE) * power).sum() / power.sum()
 
 
-@pytest.mark.parametrize("instrument", data.ATTRIBUTES["instrument"])
+@pytest.mark.parametrize("instrument", toy_data.ATTRIBUTES["instrument"])
 def test_register_is_audible(instrument):
     low = spectral_centroid(render(instrument, "low")[1])
     high = spectral_centroid(render(instrument, "high")[1])
@@ -158,8 +159,8 @@ def test_register_is_audible(instrument):
 def test_pitch_track_matches_audio(instrument):
     """In the middle of each note the strongest pitch class of the stem is the labelled note."""
     _, melody, pitch = render(instrument, "high", seed=1)
-    hop, n_fft = data.SAMPLE_RATE // 25, 2048
-    frequencies = np.fft.rfftfreq(n_fft, 1 / data.SAMPLE_RATE)[1:]
+    hop, n_fft = toy_data.SAMPLE_RATE // 25, 2048
+    frequencies = np.fft.rfftfreq(n_fft, 1 / toy_data.SAMPLE_RATE)[1:]
     pitch_class = np.round(12 * np.log2(frequencies / 440) + 69).astype(int) % 12
     checked = 0
     for t in range(2, len(pitch) - 2):
@@ -179,7 +180,7 @@ def test_instruments_band_limited():
     for instrument in ("flute", "clarinet", "strings", "bell"):
         _, melody, _ = render(instrument, "high", seed=2)
         power = np.abs(np.fft.rfft(melody)) ** 2
-        above = power[np.fft.rfftfreq(len(melody), 1 / data.SAMPLE_RATE) > 7400].sum()
+        above = power[np.fft.rfftfreq(len(melody), 1 / toy_data.SAMPLE_RATE) > 7400].sum()
         assert above < 1e-4 * power.sum(), instrument
 
 
@@ -297,9 +298,9 @@ def test_user_folder_gets_stable_hash_split(tmp_path):
 
 
 def test_every_beat_starts_a_note():
-    """The onsets are exactly periodic (data.BAR_PATTERNS): a sounding note on every beat, none between."""
-    for tempo, bpm in data.BPM.items():
-        notes = data._compose(bpm, "minor", "low", 4.0, np.random.default_rng(7))
+    """The onsets are exactly periodic (toy_data.BAR_PATTERNS): a sounding note on every beat, none between."""
+    for tempo, bpm in toy_data.BPM.items():
+        notes = toy_data._compose(bpm, "minor", "low", 4.0, np.random.default_rng(7))
         beat = 60 / bpm
         onsets = [round(onset / beat, 6) for onset, _, midi in notes if midi]  # in beats
         assert onsets == [float(i) for i in range(len(onsets))], tempo

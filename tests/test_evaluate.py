@@ -8,9 +8,11 @@ import torch
 
 import audio
 import data
+import toy
 import evaluate
 import metrics
 import probe
+import train
 import rvq
 
 
@@ -140,7 +142,7 @@ def test_probe_features_are_loudness_invariant():
 
 
 def test_probe_separates_two_instruments(tmp_path):
-    data.make_toy_dataset(tmp_path, n=40, seed=3)  # 11 test clips: one miss still passes the 0.9 bar
+    toy.make_toy_dataset(tmp_path, n=40, seed=3)  # 11 test clips: one miss still passes the 0.9 bar
     clips = data.load_clips(tmp_path, 16000)
     (first, _), (second, _) = Counter(c.attributes["instrument"] for c in clips).most_common(2)
     pair = [c for c in clips if c.attributes["instrument"] in (first, second)]
@@ -188,10 +190,8 @@ def test_markdown_tables_list_every_row():
 # ---- end to end on a micro budget (needs train.py, encodec.py, conditioners.py) ----------------------
 @pytest.mark.slow
 def test_evaluation_and_pattern_ablation_run_end_to_end(tmp_path):
-    import train
-    from musicgen import LMConfig
     data_dir, run = tmp_path / "toy", tmp_path / "run"
-    data.make_toy_dataset(data_dir, n=12, seed=0)
+    toy.make_toy_dataset(data_dir, n=12, seed=0)
     train.main(["--stage", "codec", "--data", str(data_dir), "--out", str(run), "--max-steps", "2",
                 "--batch-size", "2", "--device", "cpu"])
     micro = replace(train.TINY, lm_batch=2, lm_warmup=1,

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import data
+import toy
 from spectral_codec import build_codec
 from train import TINY_CODEC
 
@@ -24,7 +24,7 @@ def test_count_check_runs_on_a_codecs_tokens(tmp_path):
     """count_check.py --codec: the codec's tokens of a dataset's training clips as training data, the
     samples decoded and scored by the probe (an untrained codec and 2 steps: it runs, not how well)."""
     root = Path(__file__).resolve().parents[1]
-    data.make_toy_dataset(tmp_path / "toy", n=12, seed=0)  # every tempo has training clips
+    toy.make_toy_dataset(tmp_path / "toy", n=12, seed=0)  # every tempo has training clips
     (tmp_path / "run").mkdir()
     build_codec(TINY_CODEC).save(tmp_path / "run" / "codec.pt")  # untrained
     result = subprocess.run([sys.executable, "-m", "experiments.count_check", "--steps", "2", "--codebooks", "4",

@@ -10,7 +10,10 @@ import soundfile as sf
 import torch
 
 import data
+import toy
 import train
+import train_codec
+import train_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy")
-    data.make_toy_dataset(folder, n=20, seed=0)
+    toy.make_toy_dataset(folder, n=20, seed=0)
     return folder
 
 
@@ -174,14 +177,14 @@ def test_lm_resume_continues_exactly(run, dataset, tmp_path, monkeypatch):
         out.mkdir()
         (out / "codec.pt").write_bytes((run / "codec.pt").read_bytes())
         losses.clear()
-        monkeypatch.setattr(train, "tqdm", InterruptAt(interrupt))
+        monkeypatch.setattr(train_lm, "tqdm", InterruptAt(interrupt))
         if interrupt:
             with pytest.raises(KeyboardInterrupt):
-                train.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
-            monkeypatch.setattr(train, "tqdm", InterruptAt(None))
-            train.train_lm(out, dataset, preset, max_steps=4, eval_every=1000, resume=True)
+                train_lm.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
+            monkeypatch.setattr(train_lm, "tqdm", InterruptAt(None))
+            train_lm.train_lm(out, dataset, preset, max_steps=4, eval_every=1000, resume=True)
         else:
-            train.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
+            train_lm.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
         results[name] = (list(losses), torch.load(out / "lm.pt", weights_only=True))
     (straight_losses, straight), (resumed_losses, resumed) = results["straight"], results["resumed"]
     assert resumed["step"] == straight["step"] == 4
@@ -195,14 +198,14 @@ def test_codec_resume_continues_exactly(dataset, tmp_path, monkeypatch):
     weights = {}
     for name, interrupt in (("straight", None), ("resumed", 2)):
         out = tmp_path / name
-        monkeypatch.setattr(train, "tqdm", InterruptAt(interrupt))
+        monkeypatch.setattr(train_codec, "tqdm", InterruptAt(interrupt))
         if interrupt:
             with pytest.raises(KeyboardInterrupt):
-                train.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
-            monkeypatch.setattr(train, "tqdm", InterruptAt(None))
-            train.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2, resume=True)
+                train_codec.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
+            monkeypatch.setattr(train_codec, "tqdm", InterruptAt(None))
+            train_codec.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2, resume=True)
         else:
-            train.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
+            train_codec.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
         weights[name] = torch.load(out / "codec.pt", weights_only=True)["model"]
     for name, value in weights["straight"].items():
         assert torch.allclose(value, weights["resumed"][name], atol=1e-6), name
