@@ -8,6 +8,7 @@ Conventions: audio is float32 in [-1, 1]; one file is (C, N) (C channels, N samp
 (B, C, N). Pitch is in MIDI numbers (A4 = 440 Hz = 69, one unit per semitone).
 """
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +105,46 @@ def peak_normalize(wav, peak=0.9):
     return wav.clone() if largest == 0 else wav * (peak / largest)
 
 
-def write_audio(path, wav, sample_rate):
-    """Write (C, N) or (N,) float audio as a 16-bit PCM wav (clipped to [-1, 1])."""
+# The level every wav this project writes from a model is brought to: the toy clips' own peak, so a
+# reconstruction or a generated clip plays as loud as the real clip beside it.
+PEAK = 0.9
+
+
+def normalize_audio(wav, strategy="peak", peak=PEAK, rms=0.1):
+    """Bring float audio (..., N) to a stated level before it becomes 16-bit PCM (whose range is ±1).
+
+    A decoder's output is not bounded: the spectral decoder chooses its own phases, so the same
+    spectrum can peak higher than the input did, and a plain clamp turns every overshoot into hard
+    clipping. The strategies (after the reference library's `audio_write`):
+        "peak"  scale so max |x| = peak: nothing clips, every file has the same peak (the default);
+        "rms"   scale so the RMS is `rms` (a loudness target), then down if that would exceed `peak`;
+        "clip"  no scaling: samples past ±1 are clipped, with a warning that counts them.
+    Silence stays silence. Returns audio of the same shape.
+    """
+    largest = wav.abs().max()
+    if strategy == "peak":
+        return wav.clone() if largest == 0 else wav * (peak / largest)
+    if strategy == "rms":
+        level = wav.pow(2).mean().sqrt()
+        gain = 0.0 if level == 0 else min(rms / float(level), peak / float(largest))
+        return wav * gain
+    if strategy == "clip":
+        clipped = int((wav.abs() > 1).sum())
+        if clipped:
+            warnings.warn(f"{clipped} samples beyond ±1 are clipped (use strategy 'peak' or 'rms' to avoid it)")
+        return wav.clamp(-1, 1)
+    raise ValueError(f"strategy must be 'peak', 'rms' or 'clip', got {strategy!r}")
+
+
+def write_audio(path, wav, sample_rate, strategy="peak"):
+    """Write (C, N) or (N,) float audio as a 16-bit PCM wav, levelled by `normalize_audio(strategy)`."""
     wav = torch.as_tensor(wav, dtype=torch.float32)
     if wav.dim() == 1:
         wav = wav[None]  # (N,) -> (1, N)
     if wav.dim() != 2:
         raise ValueError(f"wav: expected shape (C, N) or (N,), got {tuple(wav.shape)}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    samples = wav.clamp(-1, 1).T.numpy()  # (C, N) -> (N, C), soundfile's layout
+    samples = normalize_audio(wav, strategy).clamp(-1, 1).T.numpy()  # (C, N) -> (N, C), soundfile's layout
     sf.write(path, samples, int(sample_rate), subtype="PCM_16")
 
 

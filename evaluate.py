@@ -34,7 +34,7 @@ import torch
 import data
 import train
 import train_lm
-from audio import stack_wavs, write_audio
+from audio import PEAK, stack_wavs, write_audio
 from metrics import chroma_cosine, codec_metrics, frechet_distance, kl_divergence
 from musicgen import MusicGen
 from patterns import PATTERN_NAMES, make_pattern
@@ -135,32 +135,59 @@ def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out
         "n_items": len(items), "seed": seed, "duration": duration,
         "probe_per_attribute": probe_report["per_attribute"], "table1": table1, "table2": table2,
     }
-    # The listening page: the first n_listen items under every condition.
-    entries = []
+    # The listening page: the first n_listen items, one row each, every condition side by side.
+    rows = []
     for i, clip in enumerate(items[:n_listen]):
         takes = [("real clip", clip.wav), ("melody stem (chroma source)", stack_melodies([clip])[0]),
                  ("real clip through the codec", recon[i])] + [(name, audio[name][i]) for name in audio]
+        cells = []
         for j, (name, wav) in enumerate(takes):
             path = out_dir / "samples" / f"item{i}_{j}.wav"
-            write_audio(path, wav.cpu(), sr)
-            entries.append((f"item {i}: {clip.description}", path.relative_to(out_dir).as_posix(), name))
-    results["listening_page"] = str(write_listening_page(out_dir, entries))
+            write_audio(path, wav.cpu(), sr)  # peak-normalised to audio.PEAK, like every file we write
+            same = next((other for other, earlier in takes[:j] if torch.equal(earlier, wav)), None)
+            cells.append((name, path.relative_to(out_dir).as_posix(), f"same audio as {same}" if same else ""))
+        rows.append((clip.description, cells))
+    results["listening_page"] = str(write_listening_page(out_dir, rows, results_markdown(results)))
     return results
 
 
-def write_listening_page(out_dir, entries, title="MusicGen from scratch: evaluation samples"):
-    """Plain HTML, one <audio> per sample, relative paths. entries: (section, relative wav path, caption)."""
+def write_listening_page(out_dir, rows, metrics_markdown="", title="MusicGen from scratch: evaluation samples"):
+    """One HTML page: the metrics tables, then one table row per description with a player for every
+    condition side by side. rows: [(description, [(condition, relative wav path, note)])]; the
+    conditions of the first row head the columns. Players load their metadata, so they show a duration."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    section = None
-    for this_section, path, caption in entries:
-        if this_section != section:
-            section = this_section
-            lines.append(f"<h2>{html.escape(section)}</h2>")
-        lines.append(f"<figure><audio controls preload='none' src='{html.escape(path, quote=True)}'></audio>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    esc = lambda text: html.escape(str(text), quote=True)
+    lines = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;margin:1em}}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
+             "audio{width:12em}small{color:#666}</style></head><body>", f"<h1>{esc(title)}</h1>",
+             f"<p>Every file is peak-normalised to {PEAK:g} (the toy clips' own peak; <code>audio.write_audio</code>), "
+             "so the players are comparable in level; the metrics are computed on the audio before levelling.</p>"]
+    table = []
+    for line in metrics_markdown.splitlines():  # the markdown of results_markdown, as HTML
+        if line.startswith("| ---"):
+            continue
+        if line.startswith("|"):
+            tag = "th" if not table else "td"
+            table.append("<tr>" + "".join(f"<{tag}>{esc(c.strip())}</{tag}>" for c in line.strip("|").split("|")) + "</tr>")
+            continue
+        if table:
+            lines.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.strip():
+            lines.append(f"<p>{esc(line.replace('**', ''))}</p>")
+    if table:
+        lines.append("<table>" + "".join(table) + "</table>")
+    if rows:
+        columns = [name for name, _, _ in rows[0][1]]
+        lines.append("<h2>Samples</h2><table><tr><th>description</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
+        for description, cells in rows:
+            lines.append(f"<tr><td>{esc(description)}</td>" + "".join(
+                f"<td><audio controls preload='metadata' src='{esc(path)}'></audio>"
+                + (f"<br><small>{esc(note)}</small>" if note else "") + "</td>" for _, path, note in cells) + "</tr>")
+        lines.append("</table>")
     lines.append("</body></html>")
     page = out_dir / "index.html"
     page.write_text("\n".join(lines) + "\n")

@@ -327,8 +327,8 @@ def make_toy_dataset(out_dir, n=1000, seed=0, sample_rate=SAMPLE_RATE, duration=
         description = _describe(attributes, stated, rng)
         mix, melody, pitch = _synthesize_clip(attributes, rng, sample_rate, duration)
         path, melody_path = f"clips/{i:05d}.wav", f"stems/{i:05d}_melody.wav"
-        write_audio(out_dir / path, mix, sample_rate)
-        write_audio(out_dir / melody_path, melody, sample_rate)
+        write_audio(out_dir / path, mix, sample_rate, strategy="clip")  # already at their level
+        write_audio(out_dir / melody_path, melody, sample_rate, strategy="clip")
         attributes.update(stated=stated, melody_path=melody_path, pitch=pitch,
                           pitch_frame_rate=PITCH_FRAME_RATE)
         lines.append(json.dumps({"path": path, "description": description, "duration": duration,

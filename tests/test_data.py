@@ -231,12 +231,32 @@ def test_resample_identity_and_leading_dims():
 def test_read_audio_stereo_round_trip(tmp_path):
     path = tmp_path / "stereo.wav"
     wav = torch.stack([tone(440.0, 8000, 0.1), -tone(440.0, 8000, 0.1)])  # (2, 800)
-    audio.write_audio(path, wav, 8000)
+    audio.write_audio(path, wav, 8000, strategy="clip")  # no levelling: the samples as they are
     read, rate = audio.read_audio(path)
     assert rate == 8000 and read.shape == (2, 800) and read.dtype == torch.float32
     assert (read - wav).abs().max() < 1e-4  # 16-bit quantisation only
     assert audio.to_mono(read).abs().max() < 1e-4  # the channels cancel
     assert audio.load_audio(path, 16000).shape == (1, 1600)
+
+
+def test_a_decoder_overshoot_is_levelled_not_clipped(tmp_path):
+    """A decoder output peaking at 1.4 is written at the stated peak (0.9) with its shape intact; the
+    'clip' strategy keeps the samples and warns that it clipped them; 'rms' hits its loudness target."""
+    t = torch.arange(16000) / 16000
+    wav = 1.4 * torch.sin(2 * math.pi * 440 * t) * torch.linspace(0.2, 1, 16000)  # peaks at 1.4 at the end
+    audio.write_audio(tmp_path / "peak.wav", wav, 16000)
+    read, _ = audio.read_audio(tmp_path / "peak.wav")
+    assert read.abs().max() == pytest.approx(audio.PEAK, abs=1e-3) and (read.abs() >= 0.999).sum() == 0
+    assert torch.allclose(read[0], wav * (audio.PEAK / wav.abs().max()), atol=1e-4)  # the same waveform, scaled
+    with pytest.warns(UserWarning, match="clipped"):
+        audio.write_audio(tmp_path / "clip.wav", wav, 16000, strategy="clip")
+    assert (audio.read_audio(tmp_path / "clip.wav")[0].abs() >= 0.999).sum() > 100
+    quiet = audio.normalize_audio(0.01 * wav, "rms", rms=0.1)
+    assert quiet.pow(2).mean().sqrt() == pytest.approx(0.1, rel=1e-4) and quiet.abs().max() <= audio.PEAK
+    assert audio.normalize_audio(wav, "rms", rms=0.9).abs().max() == pytest.approx(audio.PEAK)  # capped
+    assert torch.equal(audio.normalize_audio(torch.zeros(5)), torch.zeros(5))
+    with pytest.raises(ValueError, match="strategy"):
+        audio.normalize_audio(wav, "loud")
 
 
 def test_read_audio_bad_files_name_the_file(tmp_path):

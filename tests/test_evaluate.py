@@ -165,13 +165,15 @@ def test_probe_round_trips_through_a_weights_only_file(tmp_path):
 
 
 # ---- reporting --------------------------------------------------------------------------------------
-def test_listening_page_has_one_audio_tag_per_sample(tmp_path):
-    entries = [(f"item {i}: a <sad> tune", f"samples/item{i}_{j}.wav", f"take {j}") for i in range(2) for j in range(3)]
-    page = evaluate.write_listening_page(tmp_path, entries)
-    text = page.read_text()
-    assert text.count("<audio") == 6
+def test_listening_page_has_one_row_per_description_and_the_metrics(tmp_path):
+    rows = [(f"a <sad> tune {i}", [(f"take {j}", f"samples/item{i}_{j}.wav", "same audio as take 0" if j == 2 else "")
+                                   for j in range(3)]) for i in range(2)]
+    markdown = "Evaluated on 2.\n\n| audio | adherence |\n| --- | --- |\n| text, cfg_coef 2 | 0.808 |\n"
+    text = evaluate.write_listening_page(tmp_path, rows, markdown).read_text()
+    assert text.count("<audio") == 6 and text.count("<tr><td>a &lt;sad&gt; tune") == 2  # escaped, one row each
     assert "src='samples/item1_2.wav'" in text and str(tmp_path) not in text  # relative paths
-    assert "&lt;sad&gt;" in text  # descriptions are escaped
+    assert "preload='metadata'" in text and "name='viewport'" in text and "same audio as take 0" in text
+    assert "<td>0.808</td>" in text and "<th>take 2</th>" in text  # the metrics table and the column heads
 
 
 def test_markdown_tables_list_every_row():

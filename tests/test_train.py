@@ -40,6 +40,8 @@ def test_train_writes_checkpoints_and_samples(run):
     assert rate == 16000 and len(wav) == 4 * 16000  # the training window, whole frames
     assert (run / "samples" / "melody.wav").is_file() and (run / "samples" / "continuation.wav").is_file()
     assert len(list((run / "codec_samples").glob("*_reconstruction.wav"))) >= 1
+    for path in list((run / "samples").glob("*.wav")) + list((run / "codec_samples").glob("*.wav")):
+        assert abs(sf.read(path)[0]).max() < 0.999, f"{path.name} hard-clips"  # levelled, never clipped
 
 
 def generate(*args):
