@@ -1,0 +1,208 @@
+"""Known answers for the steps a student changes in an exercise: each test here fails if one plausible
+bug is planted (a multiplied temperature, a null branch that keeps the melody, a sliding window that
+forgets its context, swapped hinge signs, an off-by-one warm-up, a melody crop or index at the wrong
+place, a deleted straight-through estimator, a missing causal mask)."""
+import math
+
+import pytest
+import torch
+
+import discriminator
+import musicgen
+import sampling
+from conditioners import ConditionDropout, Tokenizer
+from musicgen import LMConfig, MusicGen, MusicLM
+from rvq import VectorQuantizer
+from sampling import generate_codes, sample_next_tokens
+from spectral_codec import build_codec
+from train import TINY_CODEC
+from train_lm import cosine_lr, lm_batch
+
+CARD = 16
+
+
+def tiny_lm(**changes):
+    torch.manual_seed(0)
+    cfg = LMConfig(**dict(dict(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2,
+                               n_heads=2, ffn_dim=64, window_seconds=1.0, text_vocab_size=12, text_dim=16,
+                               text_layers=1, text_heads=2), **changes))
+    return MusicLM(cfg).eval()
+
+
+# ---- the sampler (§3): temperature, top-k, top-p against hand-computed distributions -----------------
+def empirical(logits, n=40000, **kwargs):
+    """Frequencies of each token over n seeded draws from one logit vector (card,)."""
+    tokens = sample_next_tokens(logits.expand(n, 1, -1), generator=torch.Generator().manual_seed(0), **kwargs)
+    return torch.bincount(tokens.flatten(), minlength=logits.numel()).float() / n
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    # softmax(l / T): T = 2 halves the logits (a multiplied temperature would give ~[0, 0, .02, .98])
+    (dict(temperature=2.0, top_k=0), torch.softmax(torch.tensor([0.0, 0.5, 1.0, 1.5]), -1)),
+    (dict(temperature=0.5, top_k=0), torch.softmax(torch.tensor([0.0, 2.0, 4.0, 6.0]), -1)),
+    # top-k 2: the two largest, renormalised
+    (dict(top_k=2), torch.tensor([0, 0, math.e ** 2, math.e ** 3]) / (math.e ** 2 + math.e ** 3)),
+    # top-p 0.7: probabilities .644, .237, .087, .032 -> the smallest set reaching 0.7 is {3, 2}
+    (dict(top_p=0.7), torch.tensor([0, 0, math.e ** 2, math.e ** 3]) / (math.e ** 2 + math.e ** 3)),
+    (dict(top_p=0.5), torch.tensor([0.0, 0.0, 0.0, 1.0])),
+])
+def test_sampler_draws_the_hand_computed_distribution(kwargs, expected):
+    assert torch.allclose(empirical(torch.tensor([0.0, 1.0, 2.0, 3.0]), **kwargs), expected, atol=0.01)
+
+
+def test_greedy_and_zero_temperature_take_the_argmax():
+    logits = torch.randn(3, 4, CARD, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample_next_tokens(logits, use_sampling=False), logits.argmax(-1))
+    assert torch.equal(sample_next_tokens(logits, temperature=0.0), logits.argmax(-1))
+
+
+# ---- classifier-free guidance: the mix and the exact content of the null branch ---------------------
+def test_guidance_mixes_the_two_halves_and_the_null_half_has_no_condition(monkeypatch):
+    lm = tiny_lm()
+    seen, mixed = [], []
+    cond_logits, null_logits = torch.randn(4, 1, CARD), torch.randn(4, 1, CARD)  # (K, S=1, card)
+
+    def fake_forward(sequence, text, text_mask, melody=None, cache=None):
+        seen.append((text.clone(), text_mask.clone(), melody.clone()))
+        B2, K, S = sequence.shape
+        logits = torch.zeros(B2, K, S, CARD)
+        logits[:B2 // 2], logits[B2 // 2:] = cond_logits, null_logits  # broadcast over (K, S)
+        return logits
+
+    def spy(logits, *args, **kwargs):
+        mixed.append(logits.clone())
+        return logits.argmax(-1)
+    monkeypatch.setattr(lm, "forward", fake_forward)
+    monkeypatch.setattr(sampling, "sample_next_tokens", spy)
+    text = torch.randn(1, 3, 32)
+    chroma = torch.nn.functional.one_hot(torch.arange(lm.melody_frames) % 12, 12).float()[None]
+    generate_codes(lm, text, torch.ones(1, 3, dtype=torch.bool), chroma, n_frames=3, cfg_coef=2.5)
+    text2, mask2, melody2 = seen[0]
+    assert torch.equal(text2[0], text[0]) and mask2[0].all() and melody2[0].abs().sum() > 0  # conditional half
+    assert text2[1].abs().sum() == 0 and not mask2[1].any() and melody2[1].abs().sum() == 0  # null half: nothing
+    assert torch.allclose(mixed[0], (null_logits + 2.5 * (cond_logits - null_logits))[:, 0])  # l_null + γ(l_cond − l_null)
+
+
+def test_condition_dropout_nulls_text_and_melody_together_and_the_melody_alone():
+    chroma = torch.ones(4000, 3, 12)
+    texts, dropped = ConditionDropout(0.3, 0.5)(["a tune"] * 4000, chroma, torch.Generator().manual_seed(0))
+    null_text = torch.tensor([t == "" for t in texts])
+    null_melody = dropped.sum(dim=(1, 2)) == 0
+    assert null_melody[null_text].all()  # the null condition drops both
+    assert abs(null_text.float().mean() - 0.3) < 0.03
+    assert abs(null_melody[~null_text].float().mean() - 0.5) < 0.03  # melody alone among the rest
+
+
+# ---- sliding windows past the training window --------------------------------------------------------
+def test_each_window_refeeds_the_previous_context_and_reads_the_melody_at_its_offset(monkeypatch):
+    lm = tiny_lm(window_seconds=1.0)  # 25 frames
+    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+                                                 "ratios": (8, 5, 4, 4), "dimension": 8}))
+    model = MusicGen(codec.eval(), lm, Tokenizer(["<pad>", "<unk>", "tune"]))
+    model.set_generation_params(duration=2.0, extend_stride=0.6)  # 50 frames, stride 15, overlap 10
+    calls = []
+
+    def fake_generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, **kwargs):
+        calls.append((prompt.clone(), chroma.clone(), n_frames))
+        first = sum(c[2] - c[0].shape[-1] for c in calls[:-1])  # frames generated before this window
+        new = (first + torch.arange(n_frames - prompt.shape[-1])) % CARD
+        return torch.cat([prompt, new.expand(1, 4, -1)], dim=-1)
+    monkeypatch.setattr(musicgen, "generate_codes", fake_generate_codes)
+    melody = torch.zeros(1, 1, 16000 * 2)
+    melody[..., 16000:] = torch.sin(2 * math.pi * 440 * torch.arange(16000) / 16000)  # A4 in the 2nd second only
+    model.generate_with_chroma(["tune"], melody, 16000)
+    windows = [(c[0].shape[-1], c[2]) for c in calls]
+    assert windows[0] == (0, 25) and all(p == 10 for p, _ in windows[1:])  # the last 10 frames re-enter
+    for (prompt, _, _), previous in zip(calls[1:], calls):
+        assert prompt.shape[-1] == 10
+    # The re-fed context is exactly the previous output's last 10 frames: frames 15..24 of a 0..24 ramp.
+    assert calls[1][0][0, 0].tolist() == [t % CARD for t in range(15, 25)]
+    # The window starting at frame 15 (0.6 s) reads the melody from 0.6 s: A4 begins 0.4 s into it.
+    chroma = calls[1][1][0]  # (F, 12)
+    a4 = chroma[:, 9] > 0
+    rate = lm.chroma.frame_rate
+    assert not a4[:round(0.3 * rate)].any() and a4[round(0.5 * rate):].all()
+
+
+# ---- the melody: which chroma frame each step reads, and the training crop --------------------------
+def test_each_step_reads_the_chroma_frame_of_its_time():
+    lm = tiny_lm()
+    F = lm.melody_frames
+    chroma = torch.nn.functional.one_hot(torch.arange(F) % 12, 12).float()[None]  # frame f -> class f % 12
+    with torch.no_grad():
+        lm.melody_projection.weight.copy_(torch.eye(32, 12))  # the step's vector shows its class
+    S = 12
+    steps = lm.melody_steps(chroma, S)[0, :, :12].argmax(-1)  # (S,)
+    expected = (lm.step_frames(S) / lm.cfg.frame_rate * lm.chroma.frame_rate).round().long() % 12
+    assert torch.equal(steps, expected) and len(set(expected.tolist())) > 2
+
+
+def test_training_crops_take_the_melody_of_the_same_frames():
+    class Clip:
+        def __init__(self, n):
+            self.wav = torch.arange(n, dtype=torch.float32)[None]  # sample i has value i
+            self.melody_wav = None
+    hop, window = 10, 4
+    clips = [Clip(200), Clip(300)]
+    codes = [torch.arange(20).expand(2, -1), torch.arange(30).expand(2, -1)]  # frame t has token t
+    crops, melody = lm_batch(clips, codes, torch.tensor([0, 1, 1]), window, hop, torch.Generator().manual_seed(3))
+    for crop, audio in zip(crops, melody):
+        start = int(crop[0, 0])
+        assert crop[0].tolist() == list(range(start, start + window))
+        assert audio[0].tolist() == list(range(start * hop, (start + window) * hop))
+
+
+# ---- the learning-rate schedule ------------------------------------------------------------------------
+def test_warmup_then_cosine_to_a_tenth():
+    lr = 1.0
+    assert cosine_lr(0, 100, 10, lr) == pytest.approx(0.1)  # (step + 1) / warmup: never 0
+    assert cosine_lr(9, 100, 10, lr) == pytest.approx(1.0)
+    assert cosine_lr(10, 100, 10, lr) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 10, lr) == pytest.approx(0.55)  # half-way through the cosine
+    assert cosine_lr(100, 100, 10, lr) == pytest.approx(0.1)
+    assert cosine_lr(500, 100, 10, lr) == pytest.approx(0.1)
+
+
+# ---- the codec's adversarial losses on hand-made outputs -------------------------------------------
+def test_hinge_adversarial_and_feature_matching_losses_have_their_values():
+    real = [(torch.tensor([2.0, 0.5]), [torch.tensor([1.0, -1.0])])]
+    fake = [(torch.tensor([-2.0, 0.5]), [torch.tensor([0.0, -3.0])])]
+    # relu(1 - 2), relu(1 - .5) -> mean .25;  relu(1 - 2), relu(1 + .5) -> mean .75
+    assert discriminator.discriminator_hinge_loss(real, fake).item() == pytest.approx(1.0)
+    assert discriminator.generator_adversarial_loss(fake).item() == pytest.approx(1.75)  # relu(3), relu(.5)
+    # mean |real - fake| / mean |real| = (1 + 2) / 2 / 1
+    assert discriminator.feature_matching_loss(real, fake).item() == pytest.approx(1.5)
+
+
+# ---- gradients: straight-through estimator, causality ----------------------------------------------
+def test_the_straight_through_estimator_passes_the_gradient_unchanged():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 16)
+    x = torch.randn(2, 8, 5, requires_grad=True)
+    vq.train()
+    quantized = vq(x)[0]
+    (quantized * torch.arange(5.0)).sum().backward()
+    assert torch.allclose(x.grad, torch.arange(5.0).expand(2, 8, 5))  # d quantized / d x = identity
+
+
+def test_the_encoder_learns_from_the_reconstruction_through_the_quantizer():
+    torch.manual_seed(0)
+    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+                                                 "dimension": 8})).train()
+    wav = torch.randn(2, 1, 3200)
+    codec(wav)  # initialise the codebooks
+    recon, _, _ = codec(wav)
+    recon.pow(2).mean().backward()  # no commitment term: only the straight-through path reaches the encoder
+    assert sum(p.grad.abs().sum() for p in codec.encoder.parameters() if p.grad is not None) > 0
+
+
+def test_a_later_token_never_changes_an_earlier_prediction():
+    lm = tiny_lm()
+    sequence = torch.randint(0, CARD, (1, 4, 12), generator=torch.Generator().manual_seed(0))
+    text, mask = torch.randn(1, 3, 32), torch.ones(1, 3, dtype=torch.bool)
+    changed = sequence.clone()
+    changed[..., 7:] = (changed[..., 7:] + 1) % CARD
+    with torch.no_grad():
+        a, b = lm(sequence, text, mask), lm(changed, text, mask)
+    assert torch.allclose(a[..., :7, :], b[..., :7, :], atol=1e-6)
+    assert not torch.allclose(a[..., 7:, :], b[..., 7:, :])
