@@ -17,6 +17,7 @@ Data flow: descriptions ─Tokenizer─▶ ids (B, L) ─TextEncoder─▶ (B, L
 """
 import math
 import re
+import unicodedata
 import warnings
 from collections import Counter
 
@@ -29,7 +30,9 @@ PAD, UNK = 0, 1
 
 
 class Tokenizer:
-    """Word-level tokenizer: lowercase, words = runs of letters. Ids 0 = <pad>, 1 = <unk>."""
+    """Word-level tokenizer: lowercase, accents folded ("café" -> "cafe"), words = runs of letters or
+    digits ("120 bpm" -> "120", "bpm"). Ids 0 = <pad>, 1 = <unk>. Only "" (or a text without any
+    word, with a warning) is the null condition; unknown words are <unk>, with a warning."""
 
     def __init__(self, vocab):
         self.vocab = list(vocab)  # plain list of str: stored as is in the LM checkpoint
@@ -39,7 +42,8 @@ class Tokenizer:
 
     @staticmethod
     def words(text: str):
-        return re.findall(r"[a-z]+", text.lower())
+        folded = unicodedata.normalize("NFKD", text.lower())  # "é" -> "e" + a combining accent
+        return re.findall(r"[a-z0-9]+", "".join(c for c in folded if not unicodedata.combining(c)))
 
     @classmethod
     def build(cls, descriptions, min_count: int = 1):
@@ -53,6 +57,9 @@ class Tokenizer:
         """
         rows = []
         for text in texts:
+            if text.strip() and not self.words(text) and text not in self.warned:
+                self.warned.add(text)
+                warnings.warn(f"description {text!r} has no word: it is read as the null condition")
             ids = []
             for word in self.words(text):
                 if word not in self.index and word not in self.warned:
@@ -96,7 +103,8 @@ class TextEncoder(nn.Module):
         B, L = ids.shape
         if mask.shape != (B, L):
             raise ValueError(f"mask must be {(B, L)} like ids, got {tuple(mask.shape)}")
-        ids, mask = ids[:, :self.max_len], mask[:, :self.max_len]
+        if L > self.max_len:
+            raise ValueError(f"a description of {L} words is longer than the text encoder's {self.max_len} positions")
         x = self.embedding(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))  # (B, L) -> (B, L, dim)
         # A row with no word at all (the null condition, an empty description) would make every
         # attention row fully masked, and softmax over nothing is NaN (a reported bug in a port).

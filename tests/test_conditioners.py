@@ -28,6 +28,25 @@ def test_empty_description_is_an_all_masked_row():
     assert ids.shape == (2, 1) and mask.tolist() == [[False], [True]]
 
 
+def test_numbers_accents_and_punctuation_are_read_on_purpose():
+    tok = Tokenizer.build(["a cafe tune at 120 bpm"])
+    ids, mask = tok.encode(["Café tune, 120 BPM!"])
+    assert [tok.vocab[i] for i in ids[0]] == ["cafe", "tune", "120", "bpm"] and mask.all()
+    with pytest.warns(UserWarning, match="unknown word '90'"):
+        ids, mask = tok.encode(["90"])
+    assert mask.all() and ids.tolist() == [[1]]  # a number is a word (<unk> here), never the null condition
+    with pytest.warns(UserWarning, match="no word"):
+        _, mask = tok.encode(["!!!"])
+    assert not mask.any()  # said out loud: read as the null condition
+
+
+def test_a_description_longer_than_the_text_encoder_is_refused():
+    encoder = TextEncoder(10, 16, 1, 2, out_dim=8, max_len=4)
+    encoder(torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="5 words is longer than the text encoder's 4 positions"):
+        encoder(torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool))
+
+
 def test_text_encoder_null_row_is_zero_and_finite_with_finite_gradients():
     torch.manual_seed(0)
     encoder = TextEncoder(vocab_size=10, dim=16, n_layers=2, n_heads=2, out_dim=8)
