@@ -4,12 +4,14 @@ MusicGen never sees raw audio: it models the discrete codes of an EnCodec model 
 and then frozen (paper §2.1, "Audio tokenization"). EnCodec (Défossez et al., 2022) is an
 autoencoder with a quantizer in the middle:
 
-    wav (B, 1, N) ──encoder (strided convs, ×hop fewer steps, + LSTM)──▶ z (B, D, T)
+    wav (B, 1, N) ──SEANet encoder (strided convs, ×hop fewer steps, + LSTM)──▶ z (B, D, T)
     z ──RVQ (rvq.py)──▶ codes (B, K, T)  and  ẑ (B, D, T) ──decoder (transposed convs)──▶ ŵav (B, 1, T·hop)
 
 with T = ceil(N / hop) and hop = prod(ratios): 640 at 32 kHz, i.e. 50 frames per second, and
 4 codebooks × 2048 entries = 4 · 11 bits · 50 Hz = 2.2 kbps. `EncodecConfig()` is that codec. Its
-training losses live in losses.py (L1, multi-scale mel) and discriminator.py (MS-STFT adversary).
+training losses live in losses.py (L1, multi-scale mel) and discriminator.py (MS-STFT adversary);
+the encoder and decoder in seanet.py. They are laid out and padded as HF transformers' EncodecModel, so
+`EncodecModel.from_hf(config, state_dict)` loads the published MusicGen codec and computes its codes.
 
 The tiny recipe swaps the two ends for an STFT encoder and an inverse-STFT decoder (spectral_codec.py,
 `EncodecConfig.spectral`); the RVQ, the frame rate and everything downstream stay the same.
@@ -26,9 +28,10 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.parametrizations import weight_norm
 
 from rvq import ResidualVectorQuantizer
+# SEANet (the paper's encoder and decoder) and its blocks; activation and LSTMSkip are also the spectral codec's.
+from seanet import LSTMSkip, SEANetDecoder, SEANetEncoder, activation, conv1d
 
 
 @dataclass
@@ -41,6 +44,14 @@ class EncodecConfig:
     dimension: int = 128               # latent dimension D
     n_residual_layers: int = 1         # residual blocks per resolution
     lstm_layers: int = 2               # LSTM after the encoder and before the decoder
+    # SEANet's layout (seanet.py), under the names of HF's EncodecConfig:
+    kernel_size: int = 7               # first conv of the encoder and of the decoder
+    last_kernel_size: int = 7          # last conv of the encoder and of the decoder
+    residual_kernel_size: int = 3      # first conv of a residual block
+    dilation_growth_rate: int = 2      # residual block j of a resolution dilates by rate^j
+    compress: int = 2                  # residual bottleneck: dim -> dim // compress -> dim
+    use_conv_shortcut: bool = False    # 1x1 conv instead of the identity on a residual skip (EnCodec: true_skip)
+    pad_mode: str = "reflect"          # what SEANet's convs pad with: "reflect", "replicate" or "constant" (zeros)
     snake: bool = False                # Snake activations instead of ELU (ours; see Snake)
     spectral: bool = False             # STFT encoder + inverse-STFT decoder (ours; spectral_codec.py)
     n_q: int = 4                       # codebooks K
@@ -86,39 +97,37 @@ class EncodecConfig:
         """A Hann window of 4 hops (75% overlap, so overlap-add reconstructs exactly)."""
         return 4 * self.stft_hop
 
-
-# ==== SEANet: the convolutional encoder and decoder ====================================================
-class Snake(nn.Module):
-    """Snake activation x + sin²(αx) / α (Ziyin et al., 2020), with a learned α.
-
-    Deviation (ours, `EncodecConfig.snake`): EnCodec uses ELU. DAC (Kumar et al., 2023) showed that a
-    periodic activation helps a SEANet-style decoder produce pitched audio (NOTES.md, "Snake activation").
-    DAC learns one α per channel; one per layer is enough here. Shape-preserving: (B, C, L).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.log_alpha = nn.Parameter(torch.zeros(()))  # α = 1 at initialisation, kept positive
-
-    def forward(self, x):
-        alpha = self.log_alpha.exp()
-        return x + torch.sin(alpha * x).pow(2) / alpha
-
-
-def activation(cfg) -> nn.Module:
-    return Snake() if cfg.snake else nn.ELU()
-
-
-def conv1d(in_channels, out_channels, kernel_size, stride=1, dilation=1):
-    """Weight-normalised conv (EnCodec uses weight norm everywhere in SEANet). Padding is done by the caller."""
-    return weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation))
+    @classmethod
+    def from_hf(cls, config: dict) -> "EncodecConfig":
+        """From HF's EncodecConfig as a dict (config.json["audio_encoder"] of a MusicGen folder). A field
+        it lacks means HF's default (HF_DEFAULTS); a value we cannot reproduce raises ValueError naming it.
+        n_q is every codebook the model has (HF's encode defaults to its lowest target bandwidth; the
+        MusicGen codecs list only one)."""
+        c = {**HF_DEFAULTS, **config}
+        for field, allowed in {**HF_SUPPORTED, "codebook_dim": (None, c["hidden_size"])}.items():
+            if c[field] not in allowed:
+                raise ValueError(f"EnCodec config: {field}={c[field]!r} is not supported "
+                                 f"(only {' or '.join(map(repr, allowed))})")
+        ratios = tuple(c["upsampling_ratios"])
+        # HF derives the number of codebooks from the highest bitrate: K = ⌊kbps·1000 / (⌈frame rate⌉·bits)⌋.
+        bits_per_second = math.ceil(c["sampling_rate"] / math.prod(ratios)) * math.ceil(math.log2(c["codebook_size"]))
+        n_q = int(1000 * c["target_bandwidths"][-1] // bits_per_second)
+        if n_q < 1:
+            raise ValueError(f"EnCodec config: target_bandwidths={c['target_bandwidths']} gives no codebook")
+        return cls(sample_rate=c["sampling_rate"], n_filters=c["num_filters"], ratios=ratios, dimension=c["hidden_size"],
+                   n_residual_layers=c["num_residual_layers"], lstm_layers=c["num_lstm_layers"], n_q=n_q,
+                   codebook_size=c["codebook_size"], kernel_size=c["kernel_size"], last_kernel_size=c["last_kernel_size"],
+                   residual_kernel_size=c["residual_kernel_size"], dilation_growth_rate=c["dilation_growth_rate"],
+                   compress=c["compress"], use_conv_shortcut=bool(c["use_conv_shortcut"]), pad_mode=c["pad_mode"])
 
 
+# ==== Blocks of the spectral codec (spectral_codec.py) ==================================================
 class SameConv1d(nn.Module):
     """Non-causal conv whose output has ceil(L / stride) steps: zero padding split around the input.
 
     For stride 1 the total padding is (k - 1)·dilation; for the downsampling convs (k = 2r, stride r)
-    it is r, so an input of length L = n·r gives exactly n outputs.
+    it is r, so an input of length L = n·r gives exactly n outputs. (SEANet pads as EnCodec does:
+    PaddedConv1d below.)
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, dilation=1):
@@ -134,22 +143,9 @@ class SameConv1d(nn.Module):
         return self.conv(x)  # (B, C, L) -> (B, C', L / stride)
 
 
-class UpConv1d(nn.Module):
-    """Transposed conv, kernel 2r, stride r: (B, C, L) -> (B, C', L·r) after trimming r samples."""
-
-    def __init__(self, in_channels, out_channels, ratio):
-        super().__init__()
-        self.conv = weight_norm(nn.ConvTranspose1d(in_channels, out_channels, 2 * ratio, stride=ratio))
-        self.ratio = ratio
-
-    def forward(self, x):
-        y = self.conv(x)  # (B, C, L) -> (B, C', (L + 1)·r)
-        left = self.ratio // 2
-        return y[..., left:y.shape[-1] - (self.ratio - left)]  # -> (B, C', L·r)
-
-
 class ResidualBlock(nn.Module):
-    """SEANet residual unit: x + conv1(act(conv_k(act(x)))), with a channel bottleneck of 2."""
+    """Residual unit: x + conv1(act(conv_k(act(x)))), with a channel bottleneck of 2 (SEANet's unit with
+    zero-padded convs; SEANet itself uses SEANetResidualBlock)."""
 
     def __init__(self, cfg, dim, kernel_size=3, dilation=1):
         super().__init__()
@@ -158,54 +154,6 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return x + self.block(x)  # (B, C, L) -> (B, C, L); EnCodec's "true skip" (identity shortcut)
-
-
-class LSTMSkip(nn.Module):
-    """LSTM over time with a skip connection: long-range context at the coarsest resolution."""
-
-    def __init__(self, dim, n_layers):
-        super().__init__()
-        self.lstm = nn.LSTM(dim, dim, n_layers, batch_first=True)
-
-    def forward(self, x):
-        y, _ = self.lstm(x.transpose(1, 2))  # (B, C, T) -> (B, T, C)
-        return x + y.transpose(1, 2)         # -> (B, C, T)
-
-
-class SEANetEncoder(nn.Module):
-    """wav (B, 1, N) -> z (B, D, N / hop). Channels double at each downsampling: n_filters · 2^i."""
-
-    def __init__(self, cfg: EncodecConfig):
-        super().__init__()
-        layers = [SameConv1d(1, cfg.n_filters, 7)]
-        channels = cfg.n_filters
-        for ratio in reversed(cfg.ratios):  # encoder: small strides first (4, 4, 5, 8)
-            layers += [ResidualBlock(cfg, channels, dilation=2 ** j) for j in range(cfg.n_residual_layers)]
-            layers += [activation(cfg), SameConv1d(channels, 2 * channels, 2 * ratio, stride=ratio)]
-            channels *= 2
-        layers += [LSTMSkip(channels, cfg.lstm_layers), activation(cfg), SameConv1d(channels, cfg.dimension, 7)]
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, wav):
-        return self.layers(wav)
-
-
-class SEANetDecoder(nn.Module):
-    """z (B, D, T) -> wav (B, 1, T·hop): the encoder mirrored, transposed convs halve the channels."""
-
-    def __init__(self, cfg: EncodecConfig):
-        super().__init__()
-        channels = cfg.n_filters * 2 ** len(cfg.ratios)
-        layers = [SameConv1d(cfg.dimension, channels, 7), LSTMSkip(channels, cfg.lstm_layers)]
-        for ratio in cfg.ratios:  # decoder: large strides first (8, 5, 4, 4)
-            layers += [activation(cfg), UpConv1d(channels, channels // 2, ratio)]
-            channels //= 2
-            layers += [ResidualBlock(cfg, channels, dilation=2 ** j) for j in range(cfg.n_residual_layers)]
-        layers += [activation(cfg), SameConv1d(channels, 1, 7)]
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, z):
-        return self.layers(z)
 
 
 # ==== the codec ==========================================================================================
@@ -241,10 +189,14 @@ class EncodecModel(nn.Module):
         return self.quantizer.bitrate(self.frame_rate)
 
     def _pad(self, wav):
-        """(B, C, N) -> (B, 1, T·hop), T = ceil(N / hop): zeros at the end, so every conv divides evenly."""
+        """(B, C, N) -> the encoder's input. SEANet's convs pad each layer themselves (PaddedConv1d), as
+        EnCodec does, so it takes (B, 1, N) as is; the STFT encoder needs whole frames, so its input gets
+        zeros at the end up to (B, 1, T·hop), T = ceil(N / hop)."""
         B, C, N = wav.shape
         if C != 1:
             raise ValueError(f"the codec takes mono audio (B, 1, N), got {C} channels")
+        if isinstance(self.encoder, SEANetEncoder):
+            return wav
         T = math.ceil(N / self.hop_length)
         return F.pad(wav, (0, T * self.hop_length - N))
 
@@ -267,11 +219,12 @@ class EncodecModel(nn.Module):
         """How many of an encoding's last frames depend on audio *after* its end.
 
         The encoder is non-causal (centred STFT windows, "same" convs; only its LSTM runs forward in
-        time), so frame t also sees a few frames to its right. At the end of a clip those are zero
-        padding, i.e. silence: encoding a prompt cut from the middle of a note gives last frames that
-        say "the note stops here" (NOTES.md, "Continuation drops look-ahead frames"). Measured, not
-        derived, so it holds for both encoders: change only the last frame of a noise signal and count
-        the earlier frames whose latent moves.
+        time), so frame t also sees a few frames to its right. At the end of a clip those are padding
+        (silence for the STFT encoder, a mirror image of the last samples for SEANet): encoding a
+        prompt cut from the middle of a note gives last frames that say "the note stops here"
+        (NOTES.md, "Continuation drops look-ahead frames"). Measured, not derived, so it holds for both
+        encoders: change only the last frame of a noise signal and count the earlier frames whose
+        latent moves.
         """
         T = 64
         generator = torch.Generator().manual_seed(0)
@@ -311,6 +264,40 @@ class EncodecModel(nn.Module):
             raise ValueError(f"{where}: not a readable codec checkpoint ({type(error).__name__}: {first_line})") from None
         return model.eval()
 
+    @classmethod
+    def from_hf(cls, config: dict, state_dict: dict) -> "EncodecModel":
+        """The codec of a HF `transformers.EncodecModel` (e.g. MusicGen's 32 kHz EnCodec), in eval mode.
+
+        Args:
+            config: HF's EncodecConfig as a dict (config.json["audio_encoder"]; see EncodecConfig.from_hf).
+            state_dict: that model's tensors, "audio_encoder." prefix removed. Our module tree is HF's,
+                layer for layer, so the names agree except two spellings (hf_names): weight norm as
+                weight_g / weight_v (the published files) or parametrizations.weight.original0 / 1
+                (today's), and the codebooks' buffers quantizer.layers.K.codebook.{embed, embed_avg,
+                cluster_size, inited}.
+        An unsupported config field, or an unknown, missing or misshaped key, raises ValueError naming it.
+        """
+        model = cls(EncodecConfig.from_hf(config))
+        names = {ours: hf_names(ours) for ours in model.state_dict()}  # ours -> HF's spellings
+        known = {name for spellings in names.values() for name in spellings}
+        unknown = [key for key in state_dict if key not in known]
+        if unknown:
+            raise ValueError(f"EnCodec state_dict: unexpected key {unknown[0]!r}")
+        weights = {}
+        for ours, target in model.state_dict().items():
+            found = [name for name in names[ours] if name in state_dict]
+            if len(found) != 1:
+                raise ValueError(f"EnCodec state_dict: {'both spellings of' if found else 'missing'} {names[ours][0]!r}")
+            value = state_dict[found[0]]
+            if ours.endswith(".initialized") and value.numel() == 1:
+                value = value.reshape(()).bool()  # HF keeps the flag as a float tensor [1.]
+            if value.shape != target.shape:
+                raise ValueError(f"EnCodec state_dict: {found[0]!r} has shape {tuple(value.shape)}, "
+                                 f"the config gives {tuple(target.shape)}")
+            weights[ours] = value.to(target.dtype)
+        model.load_state_dict(weights)
+        return model.eval()
+
 
 def read_checkpoint(path, what="codec"):
     """torch.load with weights_only=True (a checkpoint can never run code); one-line errors."""
@@ -324,3 +311,33 @@ def read_checkpoint(path, what="codec"):
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a {what} checkpoint (no config / model entries)")
     return ckpt
+
+
+# ==== HF's names and defaults (EncodecModel.from_hf) =====================================================
+# HF EncodecConfig's defaults, which a config.json may leave out (they are transformers' 24 kHz EnCodec).
+HF_DEFAULTS = dict(model_type="encodec", sampling_rate=24000, audio_channels=1, normalize=False, chunk_length_s=None,
+                   hidden_size=128, num_filters=32, num_residual_layers=1, upsampling_ratios=(8, 5, 4, 2),
+                   norm_type="weight_norm", kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
+                   dilation_growth_rate=2, use_causal_conv=True, pad_mode="reflect", compress=2, num_lstm_layers=2,
+                   trim_right_ratio=1.0, codebook_size=1024, codebook_dim=None, use_conv_shortcut=True,
+                   target_bandwidths=(1.5, 3.0, 6.0, 12.0, 24.0))
+# The fields whose other values we do not implement, with the values we do (MusicGen's codec uses the first).
+# normalize: HF divides the input by its RMS and returns that scale with the codes; ours keeps only codes.
+HF_SUPPORTED = dict(model_type=("encodec",), audio_channels=(1,), normalize=(False,), chunk_length_s=(None,),
+                    norm_type=("weight_norm",), use_causal_conv=(False,), trim_right_ratio=(1.0,),
+                    pad_mode=("reflect", "constant", "replicate"))
+HF_CODEBOOK = {"codebook": "embed", "embed_sum": "embed_avg", "cluster_size": "cluster_size", "initialized": "inited"}
+HF_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+
+
+def hf_names(name: str) -> list:
+    """HF's spellings of one of our tensor names, today's first:
+    "quantizer.layers.0.embed_sum" -> ["quantizer.layers.0.codebook.embed_avg"],
+    "….conv.parametrizations.weight.original0" -> ["….conv.parametrizations.weight.original0", "….conv.weight_g"]."""
+    head, _, leaf = name.rpartition(".")
+    if name.startswith("quantizer."):
+        return [f"{head}.codebook.{HF_CODEBOOK[leaf]}"]
+    for new, old in HF_WEIGHT_NORM.items():
+        if name.endswith(new):
+            return [name, name[:-len(new)] + old]
+    return [name]

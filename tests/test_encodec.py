@@ -1,5 +1,5 @@
-"""encodec.py, spectral_codec.py, losses.py, discriminator.py: shapes and lengths, the paper config's size,
-losses, discriminator, training, save/load."""
+"""encodec.py, seanet.py, spectral_codec.py, losses.py, discriminator.py: shapes and lengths, SEANet's
+padding, the paper config's size, losses, discriminator, training, save/load."""
 import math
 
 import pytest
@@ -11,6 +11,7 @@ import audio
 import discriminator
 import encodec
 import losses
+import seanet
 import spectral_codec
 from spectral_codec import build_codec, load_codec
 from train import TINY_CODEC
@@ -35,6 +36,23 @@ def test_lengths_for_odd_inputs(n_samples, spectral):
     assert codec.decode(codes).shape == (2, 1, T * 640)
     recon, train_codes, commitment = codec.train()(wav)
     assert recon.shape == (2, 1, T * 640) and commitment.ndim == 0
+
+
+def test_seanet_convs_pad_and_trim_the_larger_half_on_the_left():
+    """Known answers for EnCodec's padding (seanet.py), with all-ones kernels and zero padding: a stride-5 conv
+    of kernel 10 pads p = 5, 3 left and 2 right, plus 2 that complete the last stride of 23 ones; the
+    transposed conv trims its 5 extra samples 3 left, 2 right."""
+    cfg = replace(encodec.EncodecConfig(), pad_mode="constant")
+    down, up = seanet.PaddedConv1d(cfg, 1, 1, 10, stride=5), seanet.TrimmedConvTranspose1d(1, 1, 5)
+    with torch.no_grad():
+        for module in (down, up):
+            module.conv.parametrizations.weight.original1.fill_(1.0)          # v = ones
+            module.conv.parametrizations.weight.original0.fill_(10 ** 0.5)    # g = |v|: weight = ones
+            module.conv.bias.zero_()
+        out = down(torch.ones(1, 1, 23))                                      # (1, 1, 23) -> (1, 1, 5)
+        assert out.flatten().tolist() == [7, 10, 10, 10, 6]                   # windows start 3 samples early
+        # Two ones upsampled: overlapping kernels give 1 1 1 1 1 2 2 2 2 2 1 1 1 1 1, trimmed [3:13].
+        assert up(torch.ones(1, 1, 2)).flatten().tolist() == [1, 1, 2, 2, 2, 2, 2, 1, 1, 1]
 
 
 def test_derived_values():
