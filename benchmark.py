@@ -20,7 +20,8 @@ import train
 from train_lm import lm_config_for
 from conditioners import Tokenizer
 from losses import ReconstructionLoss
-from musicgen import MusicGen, MusicLM
+from lm import MusicLM
+from musicgen import MusicGen
 from spectral_codec import build_codec
 
 

@@ -3,6 +3,11 @@
     python generate.py --run runs/tiny --text "a cheerful fast tune on a plucked guitar" --out out.wav
     python generate.py --run runs/tiny --text "sad strings" --melody tune.wav --duration 8 --seed 1
     python generate.py --run runs/tiny --prompt start.wav --duration 8 --out continued.wav
+    python generate.py --pretrained musicgen-small --text "lo-fi hip hop beat" --duration 8 --out x.wav
+
+`--pretrained FOLDER` runs a published MusicGen instead of a trained run: a folder in the layout HF
+transformers' save_pretrained writes (e.g. `huggingface-cli download facebook/musicgen-small
+--local-dir musicgen-small` on a machine with internet), read into our own modules (pretrained.py).
 
 Several `--text` make a batch, written as out_0.wav, out_1.wav, ... Without `--text` the model
 generates unconditionally. Bad input gets one line on stderr and exit code 2, never a traceback.
@@ -17,6 +22,7 @@ import torch
 
 from audio import AudioError, read_audio, write_audio
 from musicgen import MusicGen
+from pretrained import PretrainedError
 
 MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
 
@@ -27,8 +33,12 @@ def fail(message: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Generate audio with a MusicGen run trained by train.py.")
-    p.add_argument("--run", default="runs/tiny", help="run directory holding codec.pt and lm.pt")
+    p = argparse.ArgumentParser(description="Generate audio with a MusicGen run trained by train.py, or a "
+                                            "published MusicGen folder.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run", default="runs/tiny", help="run directory holding codec.pt and lm.pt")
+    source.add_argument("--pretrained", metavar="FOLDER",
+                        help="a published MusicGen folder (save_pretrained layout, e.g. facebook/musicgen-small)")
     p.add_argument("--text", action="append", help="a description; repeat for a batch")
     p.add_argument("--melody", help="wav whose chroma (melody) the output should follow")
     p.add_argument("--prompt", help="wav to continue; the output starts with it (a tiny run regenerates its last "
@@ -63,15 +73,19 @@ def main(argv=None):
         fail("--top-k must be >= 0, --top-p in [0, 1], --temperature >= 0")
     if args.melody and args.prompt:
         fail("use --melody or --prompt, not both")
+    if args.pretrained and args.melody:
+        fail("--melody: the published text-to-music MusicGen has no melody input")
     run = Path(args.run)
-    for name in ("codec.pt", "lm.pt"):
+    for name in ("codec.pt", "lm.pt") if not args.pretrained else ():
         if not (run / name).is_file():
             fail(f"{run / name} not found: is --run a directory written by `python train.py`?")
     melody = read_input_audio(args.melody, "melody") if args.melody else None
     prompt = read_input_audio(args.prompt, "prompt") if args.prompt else None
 
     try:
-        model = MusicGen.load(run)
+        model = MusicGen.from_pretrained(args.pretrained) if args.pretrained else MusicGen.load(run)
+    except PretrainedError as error:  # already one line naming the file and the problem
+        fail(str(error))
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
         fail(f"cannot load the run in {run}: {(str(error).strip().splitlines() or [''])[0]}")
     model.set_generation_params(duration=args.duration, use_sampling=args.temperature > 0, top_k=args.top_k,

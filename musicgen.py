@@ -1,239 +1,44 @@
-"""MusicGen: one language model over interleaved codec tokens (paper §2), and its sampler (§3).
+"""MusicGen, the user-facing front: codec + LM + tokenizer, with the reference library's methods (§3).
 
-The paper's central claim is that a *single* autoregressive transformer, reading the K parallel
-streams of an audio codec through a codebook interleaving pattern, is enough to generate music: no
-cascade of models, no upsampler. This file holds that one LM and the user-facing `MusicGen` front.
+The paper's model is one LM over the codes of a frozen codec (lm.py, encodec.py); this file puts them
+together behind the API of the reference library (audiocraft): `generate`, `generate_unconditional`,
+`generate_with_chroma`, `generate_continuation`, each returning audio. A `MusicGen` comes either from
+a run trained here (`MusicGen.load(run_dir)`) or from a published MusicGen folder
+(`MusicGen.from_pretrained(folder)`, read by pretrained.py); both give the same object.
 
-Data flow (shape letters as in DESIGN.md: B batch, K codebooks, T frames, S pattern steps,
-D model width, L text tokens, F chroma frames, K_in codebooks the LM reads, K_in = K in the paper):
+Data flow (shape letters as in DESIGN.md: B batch, K codebooks, T frames, N samples, L text tokens,
+D LM width, F chroma frames):
 
-    codes (B, K, T) ──pattern.build──▶ sequence (B, K, S)           special token = codebook_size
-    sequence ──Σ_k≤K_in Emb_k──▶ (B, S, D) ──+ chroma of each step's frame (B, S, D)──▶ (B, S, D)
-    ──transformer, cross-attending to text (B, L, D)──▶ (B, S, D) ──K heads──▶
-    logits (B, K, S, codebook_size) ──pattern.revert_logits──▶ (B, K, T, codebook_size) ──CE──▶ loss
+    descriptions ──tokenizer──▶ ids, mask (B, L) ──lm.encode_text──▶ text (B, L, D)
+    (melody wav ──chroma──▶ (B, F, 12); prompt wav ──codec.encode──▶ codes (B, K, Tp))
+    ──sampling.generate_codes, one window at a time (§3)──▶ codes (B, K, T) ──codec.decode──▶ wav (B, 1, N)
 
-Two switches of `LMConfig` replace paper behaviour in the tiny recipe (train.TINY_LM says why):
-`input_codebooks` (the paper sums all K embeddings; the tiny LM reads codebook 1 and still predicts
-all K) and `start_weight` (the paper's loss is a plain mean). The melody is added to the step it
-belongs to (the reference library's "sum" fusion) where the paper prepends the chroma (§2.4).
-
-Generation runs the same network one pattern step at a time with a KV cache (§3); classifier-free
-guidance runs the conditional and the null condition as one batch of 2B.
+Generation runs the LM one pattern step at a time with a KV cache (§3); classifier-free guidance runs
+the conditional and the null condition as one batch of 2B. Past one training window, windows slide.
 """
-import os
-from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from audio import resample
-from conditioners import TextEncoder, Tokenizer, ChromaExtractor
-from encodec import read_checkpoint
-from patterns import make_pattern
+from lm import MusicLM, load_lm
+from pretrained import load_pretrained
 from spectral_codec import load_codec
 from sampling import generate_codes
-from transformer import Transformer
-
-
-@dataclass
-class LMConfig:
-    """MusicGen-small (§4.1). Every default is the paper's; train.TINY_LM lists what the tiny recipe changes."""
-    # Token streams: copied from the codec (train.lm_config_for), checked equal when both are loaded.
-    n_q: int = 4                  # codebooks K
-    codebook_size: int = 2048     # entries per codebook
-    frame_rate: float = 50.0      # codec frames per second
-    sample_rate: int = 32000      # codec sample rate
-    # The decoder (§2.3).
-    dim: int = 1024               # model width D
-    n_layers: int = 24            # decoder blocks
-    n_heads: int = 16             # attention heads
-    ffn_dim: int = 4096           # feed-forward width, 4·D
-    dropout: float = 0.0
-    pattern: str = "delay"        # codebook interleaving pattern (§2.2)
-    window_seconds: float = 30.0  # training window; longer audio uses sliding windows (§3)
-    # How many codebooks' previous tokens the LM reads, summed (§2.3: all K; None = all).
-    input_codebooks: int | None = None
-    # The text encoder (§2.4). The paper's is a frozen pretrained T5-base (768 wide, 12 layers, 12
-    # heads); conditioners.TextEncoder is a transformer of the size given here, trained with the LM.
-    text_vocab_size: int = 0      # set from the tokenizer built on the training descriptions
-    text_dim: int = 768
-    text_layers: int = 12
-    text_heads: int = 12
-    # Condition dropout in training (§3): all conditions → null (p_cfg), or the melody alone (p_melody).
-    cfg_dropout: float = 0.3
-    melody_dropout: float = 0.2
-    word_dropout: float = 0.0     # drop words of the description (not in the paper; audiocraft: 0.3 for T5)
-    # Loss weight of the first start_frames frames of each window (see compute_loss; 1 = plain mean).
-    start_frames: int = 10
-    start_weight: float = 1.0
-    # Generation defaults stored with the model (§3): classifier-free guidance, and whether a
-    # continuation drops the prompt frames the codec encoded with look-ahead into silence.
-    cfg_coef: float = 3.0
-    trim_prompt_lookahead: bool = False
-
-    @property
-    def window_frames(self) -> int:
-        return round(self.window_seconds * self.frame_rate)
-
-    @property
-    def codebooks_read(self) -> int:
-        """K_in: the codebooks whose previous tokens the LM reads (all K unless input_codebooks says fewer)."""
-        return self.n_q if self.input_codebooks is None else self.input_codebooks
-
-
-def check_input_codebooks(cfg: LMConfig):
-    """ValueError unless the LM can read what its pattern needs. An LM reading K_in < K codebooks
-    suits patterns where every step holds a token of the codebooks it reads (parallel, delay: all
-    but the last K-1 steps). Flatten, partial-flatten and vall-e put the finer codebooks on steps of
-    their own, which such an LM would never read: the count of those steps grows with T."""
-    K_in = cfg.codebooks_read
-    if not 1 <= K_in <= cfg.n_q:
-        raise ValueError(f"input_codebooks must be 1..{cfg.n_q} or None, got {cfg.input_codebooks}")
-    pattern = make_pattern(cfg.pattern, cfg.n_q)
-
-    def hidden_steps(n_frames):  # steps holding real tokens, none of them in the codebooks read
-        layout = pattern.build(torch.zeros(1, cfg.n_q, n_frames, dtype=torch.long), -1)[0][0]  # (K, S)
-        real = layout >= 0
-        return int((real.any(dim=0) & ~real[:K_in].any(dim=0)).sum())
-    if K_in < cfg.n_q and hidden_steps(16) > hidden_steps(8):
-        raise ValueError(f"pattern {cfg.pattern!r} puts codebooks {K_in + 1}..{cfg.n_q} on steps of their own, "
-                         f"which an LM reading {K_in} codebook(s) never reads: set input_codebooks to all")
-
-
-class MusicLM(nn.Module):
-    """The language model of §2.3: codebook embeddings summed, a causal transformer, K linear heads."""
-
-    def __init__(self, cfg: LMConfig):
-        super().__init__()
-        assert cfg.text_vocab_size > 0, "LMConfig.text_vocab_size must be set from the tokenizer"
-        self.cfg = cfg
-        self.pattern = make_pattern(cfg.pattern, cfg.n_q)
-        self.special = cfg.codebook_size  # the empty token of the pattern; embeddings get one extra row
-        # One table per codebook read; at each step their embeddings are *summed* into one vector (§2.3).
-        # The tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
-        # one lookup of the offset tokens fetches all of them (one call per decoding step instead of K).
-        check_input_codebooks(cfg)
-        K_in = cfg.codebooks_read
-        self.embeddings = nn.Embedding(K_in * (cfg.codebook_size + 1), cfg.dim)
-        self.register_buffer("embedding_offsets", torch.arange(K_in)[:, None] * (cfg.codebook_size + 1),
-                             persistent=False)  # (K_in, 1)
-        self.text_encoder = TextEncoder(cfg.text_vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads,
-                                        out_dim=cfg.dim)
-        # Melody: one-hot chroma (12) projected to D (§2.4). No bias, so the null melody (all-zero chroma)
-        # adds nothing. Deviation: the paper *prepends* the F chroma frames (7.8 per second) to the
-        # sequence, and attention must learn which frame belongs to which step, which our tiny LM did
-        # not (NOTES.md, "Melody added per step"). We resample the chroma to the steps and *add* it to
-        # each step's input, so the step that predicts frame t reads the melody at frame t directly.
-        # Same information, same bottleneck (argmax one-hot).
-        self.chroma = ChromaExtractor(cfg.sample_rate)
-        self.melody_projection = nn.Linear(12, cfg.dim, bias=False)
-        self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cross_attention=True,
-                                       causal=True, dropout=cfg.dropout)
-        # One linear head per codebook, predicting its codebook_size real entries (never the special
-        # token). The K heads are stored as one (K·card, D) matrix, head k being rows k·card..(k+1)·card:
-        # one matmul per step instead of K (decoding a step on a CPU is mostly per-call overhead).
-        self.heads = nn.Linear(cfg.dim, cfg.n_q * cfg.codebook_size, bias=False)
-        # Window length in chroma frames F: the chroma of a window is always F frames (zeros = no melody).
-        self.melody_frames = self.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]
-
-    # ---- conditions --------------------------------------------------------------------------------
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor):
-        """ids, mask (B, L) → condition (B, L, D) and its mask (B, L). An all-False row is the null text."""
-        return self.text_encoder(ids, mask)
-
-    def step_frames(self, n_steps: int) -> torch.Tensor:
-        """(S,) for each pattern step s, the frame of the tokens the output at s predicts: those of step
-        s+1, lowest codebook first (delay: frame s; vall-e's second half: frames 0..T-1 again). Read off
-        the pattern itself, so it holds for all six patterns; steps with no real token keep the last frame."""
-        T = self.pattern.num_frames(n_steps)
-        frames = torch.arange(T).expand(1, self.cfg.n_q, T)                   # (1, K, T): t at (k, t)
-        layout = self.pattern.build(frames, -1)[0][0]                         # (K, S), -1 where empty
-        first_real = (layout >= 0).int().argmax(dim=0)                       # (S,) lowest k with a token
-        frame = layout.gather(0, first_real[None])[0]                         # (S,), -1 if the step is empty
-        steps = torch.arange(n_steps)
-        last_real = torch.cummax(torch.where(frame >= 0, steps, 0), dim=0).values
-        frame = frame[last_real]                                              # forward-fill empty steps
-        return torch.cat([frame[1:], frame[-1:]]).clamp(min=0)               # step s predicts step s+1
-
-    def melody_steps(self, chroma: torch.Tensor, n_steps: int) -> torch.Tensor:
-        """chroma (B, F, 12) one-hot (or all-zero = null melody) → (B, S, D), one vector per step."""
-        B, n_frames, n_bins = chroma.shape
-        if n_frames != self.melody_frames or n_bins != 12:
-            raise ValueError(f"chroma must be (B, {self.melody_frames}, 12), got {tuple(chroma.shape)}")
-        # Frame t lies at t / frame_rate seconds, i.e. at chroma frame t · chroma_rate / frame_rate.
-        seconds = self.step_frames(n_steps).to(chroma.device) / self.cfg.frame_rate
-        index = (seconds * self.chroma.frame_rate).round().long().clamp(max=n_frames - 1)  # (S,)
-        return self.melody_projection(chroma[:, index])  # (B, F, 12) -> (B, S, 12) -> (B, S, D)
-
-    # ---- the network -------------------------------------------------------------------------------
-    def forward(self, sequence, text, text_mask, melody=None, cache=None):
-        """One pass of the decoder.
-
-        Args:
-            sequence: (B, K, S) int64 tokens in [0, codebook_size] (codebook_size = special).
-            text: (B, L, D) encoded description; text_mask: (B, L) bool, True = real token.
-            melody: (B, S, D) from melody_steps for these S steps, or None (= null melody).
-            cache: KVCache for step-by-step decoding; positions continue from what it holds.
-        Returns:
-            logits (B, K, S, codebook_size).
-        """
-        B, K, S = sequence.shape
-        assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
-        # Σ_k Emb_k(x_k) over the codebooks read: the streams of one step become one vector (B, S, D).
-        low, high = torch.aminmax(sequence)  # with stacked tables a bad token would silently read the next table
-        if low < 0 or high > self.special:
-            raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
-        read = sequence[:, :self.cfg.codebooks_read]  # (B, K, S) -> (B, K_in, S); the paper: K_in = K
-        x = self.embeddings(read + self.embedding_offsets).sum(dim=1)  # (B, K_in, S) -> (B, K_in, S, D) -> (B, S, D)
-        if melody is not None:
-            assert melody.shape == x.shape, f"melody {tuple(melody.shape)} must match the steps {tuple(x.shape)}"
-            x = x + melody  # (B, S, D): each step also reads the melody of the frame it predicts
-        x = self.transformer(x, condition=text, condition_mask=text_mask, cache=cache)
-        logits = self.heads(x)  # (B, S, D) -> (B, S, K · codebook_size)
-        return logits.view(B, S, K, -1).transpose(1, 2)  # -> (B, S, K, card) -> (B, K, S, card)
-
-    def compute_loss(self, codes, text, text_mask, chroma):
-        """Cross-entropy of §2.3, averaged over codebooks, on the real (non-special) positions only.
-
-        Args:
-            codes: (B, K, T) int64; text (B, L, D), text_mask (B, L); chroma (B, F, 12).
-        Returns:
-            loss (scalar, the training objective, frame-weighted) and the plain per-codebook
-            cross-entropies (K,) for logging and held-out evaluation.
-        """
-        B, K, T = codes.shape
-        sequence, _ = self.pattern.build(codes, self.special)  # (B, K, T) -> (B, K, S)
-        logits = self(sequence, text, text_mask, melody=self.melody_steps(chroma, sequence.shape[-1]))  # (B, K, S, card)
-        # Output step s predicts the tokens of step s+1; revert_logits applies that shift and tells which
-        # (k, t) have a prediction at all. The mask comes from the pattern alone (never re-applied).
-        logits, valid = self.pattern.revert_logits(logits)  # (B, K, S, card) -> (B, K, T, card), (K, T)
-        # The paper's loss is the plain mean (start_weight = 1). The tiny recipe weighs the first
-        # start_frames frames more: there the LM has no audio to go on and must choose from the
-        # conditions alone, while later frames are mostly predictable from the audio before them, so
-        # in a plain mean the description is worth a few tokens in 800 (NOTES.md, "Start-frame loss weight").
-        frame_weight = torch.ones(T, device=codes.device)
-        frame_weight[:self.cfg.start_frames] = self.cfg.start_weight
-        objective, per_codebook = [], []
-        for k in range(K):
-            ce = F.cross_entropy(logits[:, k][:, valid[k]].reshape(-1, logits.shape[-1]),
-                                 codes[:, k][:, valid[k]].reshape(-1), reduction="none")  # (B · T_k,), b-major
-            weight = frame_weight[valid[k]].repeat(B)                                    # (T_k,) -> (B · T_k,)
-            objective.append((ce * weight).sum() / weight.sum())
-            per_codebook.append(ce.mean().detach())  # the plain cross-entropy, for logging and evaluation
-        return torch.stack(objective).mean(), torch.stack(per_codebook)
 
 
 # ---- the user-facing front (mirrors the reference library's API on purpose) -----------------------
 class MusicGen:
-    """Codec + LM + tokenizer, rebuilt from a run directory, with the reference library's methods.
+    """Codec + LM + tokenizer, rebuilt from a run directory or a published folder, with the reference
+    library's methods.
 
     Every `generate*` method returns audio (B, 1, N) at `self.sample_rate`. Seeding is through torch's
     global RNG, as in the reference: `torch.manual_seed(0)` before a call makes it reproducible.
     """
 
-    def __init__(self, codec, lm: MusicLM, tokenizer: Tokenizer):
+    def __init__(self, codec, lm: MusicLM, tokenizer):
+        """tokenizer: conditioners.Tokenizer (a trained run) or t5.UnigramTokenizer (a published model)."""
         assert lm.cfg.n_q == codec.n_q and lm.cfg.codebook_size == codec.codebook_size, \
             "the LM and the codec disagree on n_q / codebook_size"
         assert lm.cfg.sample_rate == codec.sample_rate and abs(lm.cfg.frame_rate - codec.frame_rate) < 1e-9, \
@@ -249,6 +54,14 @@ class MusicGen:
         codec, _ = load_codec(Path(run_dir) / "codec.pt")
         lm, tokenizer, _ = load_lm(Path(run_dir) / "lm.pt")
         return cls(codec.to(device), lm.to(device), tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype=None):
+        """A published MusicGen (e.g. facebook/musicgen-small) from a local folder in the layout HF
+        transformers' save_pretrained writes, in our own modules (pretrained.load_pretrained). Its
+        defaults are the paper's: top-k 250, guidance 3, 30 s windows. PretrainedError if the folder
+        is missing, broken, or holds a model this code does not implement (melody, stereo)."""
+        return cls(*load_pretrained(folder, device, dtype))
 
     def set_generation_params(self, duration=None, use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
                               cfg_coef="model", extend_stride=None):
@@ -277,6 +90,8 @@ class MusicGen:
 
     def generate_with_chroma(self, descriptions, melody_wavs, melody_sample_rate: int) -> torch.Tensor:
         """melody_wavs: (B, C, N) or (C, N) audio at melody_sample_rate; its chroma guides the melody."""
+        if not self.lm.melody_projection.weight.any():
+            raise ValueError("this model has no melody input (a published text-to-music MusicGen)")
         melody = melody_wavs if melody_wavs.dim() == 3 else melody_wavs[None]
         if melody.shape[0] != len(descriptions):
             raise ValueError(f"{len(descriptions)} descriptions but {melody.shape[0]} melody wavs")
@@ -317,6 +132,10 @@ class MusicGen:
         B = len(descriptions)
         generator = torch.Generator(device="cpu").manual_seed(int(torch.randint(2**62, (1,))))
         ids, mask = self.tokenizer.encode(descriptions)
+        # "" is the null condition, as in the reference library (which zeroes the mask of an empty
+        # description) and as guidance's null branch: the word tokenizer gives it no token, but T5's
+        # gives it one (</s>), which the mask removes here.
+        mask = mask & torch.tensor([d != "" for d in descriptions])[:, None]  # (B, L)
         text, text_mask = self.lm.encode_text(ids.to(self.device), mask.to(self.device))
         total = max(round(self.duration * self.frame_rate), prompt.shape[-1] if prompt is not None else 0)
         window = self.lm.cfg.window_frames
@@ -345,28 +164,3 @@ class MusicGen:
         segment = melody[..., start:start + n_window]
         segment = F.pad(segment, (0, n_window - segment.shape[-1]))  # silence past the melody's end
         return self.lm.chroma(segment)  # (B, 1, N) -> (B, F, 12)
-
-
-# ---- checkpoints: one self-describing dict ---------------------------------------------------------
-def save_lm(path, lm: MusicLM, tokenizer: Tokenizer, step=0, optimizer=None, extra=None):
-    """Atomic write (temp file + rename), so an interrupted save never destroys the last checkpoint."""
-    ckpt = dict(config=asdict(lm.cfg), model=lm.state_dict(), vocab=list(tokenizer.vocab), step=step,
-                optimizer=optimizer.state_dict() if optimizer is not None else None,
-                rng=torch.get_rng_state(), **(extra or {}))
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def load_lm(path):
-    """→ (lm, tokenizer, checkpoint dict). `weights_only=True`: a checkpoint can never run code."""
-    ckpt = read_checkpoint(path, "LM")
-    try:
-        lm = MusicLM(LMConfig(**ckpt["config"]))
-        lm.load_state_dict(ckpt["model"])
-        tokenizer = Tokenizer(ckpt["vocab"])
-    except Exception as error:  # e.g. written by an older musicgen.py with other parameter names
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ValueError(f"{path}: this LM checkpoint does not fit musicgen.py ({type(error).__name__}: "
-                         f"{first_line}); retrain with `python train.py --stage lm`") from None
-    return lm, tokenizer, ckpt

@@ -1,4 +1,5 @@
-"""Loading the published MusicGen checkpoints, part 1: reading the files, by hand.
+"""Loading the published MusicGen checkpoints into our own modules: reading the files by hand (part 1),
+then mapping the published names onto lm.MusicLM, t5.T5Encoder and encodec.EncodecModel (part 2).
 
 The published facebook/musicgen-* folders are in the layout HF transformers' `save_pretrained` writes:
 
@@ -26,7 +27,8 @@ A tensor is the bytes data[begin:end], row-major (C order), with end - begin = n
 No pickle is involved, so unlike a .bin file a .safetensors file cannot run code when read.
 
 Names are those of HF's modules ("decoder.model.decoder.layers.0.self_attn.q_proj.weight", ...); part 2
-(key mapping onto our modules) comes below, after the reading layer.
+maps them onto ours: `load_pretrained(folder) -> (codec, lm, tokenizer)`, which musicgen.MusicGen
+.from_pretrained wraps. tests/test_musicgen_hf.py checks tokens, logits and audio against HF's model.
 
 Errors: anything wrong with the files raises `PretrainedError` (a ValueError) with one line naming the
 file and the problem, e.g. "…/model.safetensors: tensor 'x': truncated or corrupt: needs data bytes
@@ -34,11 +36,16 @@ file and the problem, e.g. "…/model.safetensors: tensor 'x': truncated or corr
 """
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from encodec import EncodecModel
+from lm import LMConfig, MusicLM, t5_config
+from t5 import T5Config, UnigramTokenizer, t5_state_dict_from_hf
 
 
 class PretrainedError(ValueError):
@@ -184,13 +191,158 @@ def read_config(folder) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Mapping the published names onto our modules (to be added)
+# 2. The published names → our modules
 # ------------------------------------------------------------------------------------------------
-# HF names in a MusicGen checkpoint, by prefix (tests/test_pretrained_io.py saves a tiny one):
-#   text_encoder.*   T5 encoder: t5.t5_state_dict_from_hf(sd, prefix="text_encoder.")
-#   audio_encoder.*  EnCodec: weight-normed convs as .weight_g/.weight_v (published files) or
-#                    .parametrizations.weight.original0/original1 (saved by recent transformers), LSTMs
-#                    (lstm.weight_ih_l0, ...), codebooks quantizer.layers.K.codebook.embed (+ training
-#                    buffers inited, cluster_size, embed_avg)
-#   decoder.*        the LM: model.decoder.{embed_tokens.K, layers.N.*, layer_norm}, lm_heads.K
-#   enc_to_dec_proj  Linear T5 width → LM width (with bias), when the two differ
+# HF names in a MusicGen checkpoint, by prefix, and where they go:
+#   text_encoder.*   T5 encoder          → lm.text_encoder.t5          (t5.t5_state_dict_from_hf)
+#   enc_to_dec_proj  Linear T5 width → LM width, with a bias; absent when the two widths agree
+#                                        → lm.text_encoder.projection  (then the identity)
+#   audio_encoder.*  EnCodec             → encodec.EncodecModel.from_hf (weight_g / weight_v or
+#                    parametrizations.weight.original0 / original1, LSTMs, codebooks)
+#   decoder.*        the LM              → lm.MusicLM, by the table below
+
+# HF decoder name → (our name, the regex group saying which part of it). Ours stacks what HF keeps
+# apart: W_K and W_V in one to_kv matrix (parts k, v), the K embedding tables of (card + 1) rows in one
+# (part = codebook), the K heads of card rows in one (part = codebook). Parts are concatenated along
+# dim 0 in order. Group None: copied as is. The sinusoidal positions are computed, not stored.
+LAYER = r"decoder\.model\.decoder\.layers\.(\d+)\."
+BLOCK = r"transformer.blocks.\1."
+DECODER_KEYS = [
+    (r"decoder\.model\.decoder\.embed_tokens\.(\d+)\.weight", "embeddings.weight", 1),
+    (LAYER + r"self_attn\.q_proj\.weight", BLOCK + "self_attention.to_q.weight", None),
+    (LAYER + r"self_attn\.([kv])_proj\.weight", BLOCK + "self_attention.to_kv.weight", 2),
+    (LAYER + r"self_attn\.out_proj\.weight", BLOCK + "self_attention.to_out.weight", None),
+    (LAYER + r"self_attn_layer_norm\.(weight|bias)", BLOCK + r"norm_self.\2", None),
+    (LAYER + r"encoder_attn\.q_proj\.weight", BLOCK + "cross_attention.to_q.weight", None),
+    (LAYER + r"encoder_attn\.([kv])_proj\.weight", BLOCK + "cross_attention.to_kv.weight", 2),
+    (LAYER + r"encoder_attn\.out_proj\.weight", BLOCK + "cross_attention.to_out.weight", None),
+    (LAYER + r"encoder_attn_layer_norm\.(weight|bias)", BLOCK + r"norm_cross.\2", None),
+    (LAYER + r"fc1\.weight", BLOCK + "ffn.0.weight", None),
+    (LAYER + r"fc2\.weight", BLOCK + "ffn.2.weight", None),
+    (LAYER + r"final_layer_norm\.(weight|bias)", BLOCK + r"norm_ffn.\2", None),
+    (r"decoder\.model\.decoder\.layer_norm\.(weight|bias)", r"transformer.norm_out.\1", None),
+    (r"decoder\.lm_heads\.(\d+)\.weight", "heads.weight", 1),
+    (r"enc_to_dec_proj\.(weight|bias)", r"text_encoder.projection.\1", None),
+]
+PREFIXES = ("text_encoder.", "audio_encoder.", "decoder.", "enc_to_dec_proj.")
+
+
+def lm_state_dict_from_hf(sd: dict) -> dict:
+    """HF `decoder.*` and `enc_to_dec_proj.*` tensors → `MusicLM` state dict entries (load_pretrained
+    adds T5's and the melody projection's)."""
+    out, parts = {}, {}
+    for key, value in sd.items():
+        if not key.startswith(("decoder.", "enc_to_dec_proj.")):
+            continue
+        match, ours, group = next(((m, o, g) for p, o, g in DECODER_KEYS if (m := re.fullmatch(p, key))),
+                                  (None, None, None))
+        if match is None:
+            raise PretrainedError(f"unexpected weight {key!r}: not a part of MusicGen's decoder")
+        if group is None:
+            out[match.expand(ours)] = value
+        else:
+            part = match.group(group)
+            parts.setdefault(match.expand(ours), {})[int(part) if part.isdigit() else "kv".index(part)] = value
+    for name, pieces in parts.items():
+        if sorted(pieces) != list(range(len(pieces))):
+            raise PretrainedError(f"{name}: the parts read are {sorted(pieces)}, not 0..{len(pieces) - 1}")
+        out[name] = torch.cat([pieces[i] for i in range(len(pieces))])  # n × (rows, D) -> (n · rows, D)
+    return out
+
+
+def supported_configs(config: dict, where) -> tuple:
+    """→ the (text_encoder, audio_encoder, decoder) sub-configs, or PretrainedError naming what this code
+    does not implement: melody conditioning, stereo, another text encoder or activation, another start token."""
+    kind = config.get("model_type")
+    if kind != "musicgen":
+        extra = " (musicgen-melody's chroma prefix is not implemented)" if kind == "musicgen_melody" else ""
+        raise PretrainedError(f"{where}: model_type {kind!r} is not supported, only 'musicgen'{extra}")
+    subs = [config.get(name) for name in ("text_encoder", "audio_encoder", "decoder")]
+    if not all(isinstance(sub, dict) for sub in subs):
+        raise PretrainedError(f"{where}: needs the sub-configs text_encoder, audio_encoder and decoder")
+    text, audio, decoder = subs
+    if (text.get("model_type"), audio.get("model_type")) != ("t5", "encodec"):
+        raise PretrainedError(f"{where}: needs a T5 text encoder and an EnCodec audio encoder, got "
+                              f"{text.get('model_type')!r} and {audio.get('model_type')!r}")
+    if decoder.get("audio_channels", 1) != 1 or audio.get("audio_channels", 1) != 1:
+        raise PretrainedError(f"{where}: stereo models are not supported (audio_channels must be 1)")
+    missing = [k for k in ("vocab_size", "num_codebooks", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "ffn_dim") if not isinstance(decoder.get(k), int) or decoder[k] < 1]
+    if missing:
+        raise PretrainedError(f"{where}: decoder needs positive integers {', '.join(missing)}")
+    if decoder.get("activation_function", "gelu") != "gelu":
+        raise PretrainedError(f"{where}: decoder activation {decoder['activation_function']!r} is not supported, only 'gelu'")
+    special = decoder["vocab_size"]  # the pattern's empty token is codebook_size, here as in the reference
+    if any(decoder.get(k, special) != special for k in ("pad_token_id", "bos_token_id")):
+        raise PretrainedError(f"{where}: decoder pad/bos token must be vocab_size ({special}), got "
+                              f"{decoder.get('pad_token_id')} / {decoder.get('bos_token_id')}")
+    if decoder.get("cross_attention_hidden_size") not in (None, decoder["hidden_size"]):
+        raise PretrainedError(f"{where}: cross_attention_hidden_size must be unset or the decoder width")
+    return text, audio, decoder
+
+
+def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
+    """A published MusicGen folder → (codec, lm, tokenizer) in our modules, in eval mode.
+
+    Args:
+        folder: a local save_pretrained folder of MusicgenForConditionalGeneration (config.json,
+            weights, tokenizer.json), e.g. facebook/musicgen-small downloaded.
+        device: where the models go. dtype: the LM's floating dtype (None: float32); the codec and
+            the chroma filters stay float32.
+    Returns:
+        codec (encodec.EncodecModel), lm (lm.MusicLM with the frozen T5), tokenizer (t5.UnigramTokenizer).
+    Raises:
+        PretrainedError, one line, for a missing or broken folder or a model this code does not implement.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PretrainedError(f"{folder}: not a folder (expected a MusicGen folder written by save_pretrained)")
+    text, audio, decoder = supported_configs(read_config(folder), folder / "config.json")
+    try:
+        tokenizer = UnigramTokenizer.from_file(folder / "tokenizer.json")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PretrainedError(f"{folder / 'tokenizer.json'}: cannot read T5's tokenizer ({first_line(error)})") from None
+    sd = read_state_dict(folder)
+    unknown = [key for key in sd if not key.startswith(PREFIXES)]
+    if unknown:
+        raise PretrainedError(f"{folder}: unexpected weight {unknown[0]!r} (not text_encoder, audio_encoder or decoder)")
+    try:
+        codec = EncodecModel.from_hf(audio, {k[len("audio_encoder."):]: v for k, v in sd.items()
+                                             if k.startswith("audio_encoder.")})
+        if (codec.n_q, codec.codebook_size) != (decoder["num_codebooks"], decoder["vocab_size"]):
+            raise ValueError(f"the codec has {codec.n_q} codebooks of {codec.codebook_size}, the decoder reads "
+                             f"{decoder['num_codebooks']} of {decoder['vocab_size']}")
+        cfg = LMConfig(n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
+                       sample_rate=codec.sample_rate, dim=decoder["hidden_size"], n_layers=decoder["num_hidden_layers"],
+                       n_heads=decoder["num_attention_heads"], ffn_dim=decoder["ffn_dim"], text_encoder="t5",
+                       text_vocab_size=text.get("vocab_size", 32128), text_dim=text.get("d_model", 768),
+                       text_layers=text.get("num_layers", 12), text_heads=text.get("num_heads", 12))
+        if T5Config.from_hf(text) != t5_config(cfg):
+            raise ValueError(f"T5 {T5Config.from_hf(text)} is not T5's standard layout {t5_config(cfg)}")
+        lm = MusicLM(cfg)
+        weights = lm_state_dict_from_hf(sd)
+        weights |= {"text_encoder.t5." + k: v for k, v in t5_state_dict_from_hf(sd, prefix="text_encoder.").items()}
+        if "text_encoder.projection.weight" not in weights and cfg.text_dim == cfg.dim:
+            # Equal widths: the reference has no projection, i.e. the identity (exact: x · 1 + 0).
+            weights["text_encoder.projection.weight"] = torch.eye(cfg.dim)
+            weights["text_encoder.projection.bias"] = torch.zeros(cfg.dim)
+        weights["melody_projection.weight"] = torch.zeros(cfg.dim, 12)  # no melody input: it adds nothing
+        expected = lm.state_dict()
+        missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+        misshaped = [k for k in weights.keys() & expected.keys() if weights[k].shape != expected[k].shape]
+        if missing or extra or misshaped:
+            name = (missing or extra or misshaped)[0]
+            raise ValueError(f"missing weight for our {name}" if missing else f"no place for weight {name}" if extra
+                             else f"{name} is {tuple(weights[name].shape)}, ours {tuple(expected[name].shape)}")
+        lm.load_state_dict(weights)  # every weight of ours filled, no published one left over
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise PretrainedError(f"{folder}: does not fit our MusicGen ({first_line(error)})") from None
+    if dtype is not None:
+        lm = lm.to(dtype)
+        lm.chroma.float()  # the chroma's STFT filters stay float32
+    return codec.to(device).eval(), lm.to(device).eval(), tokenizer
+
+
+def first_line(error: Exception) -> str:
+    """`Type: first line of the message`, for one-line errors."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"

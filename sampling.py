@@ -1,6 +1,6 @@
 """Sampling from the LM (paper §3): top-k / top-p / temperature, classifier-free guidance, KV cache.
 
-Generation runs the LM of musicgen.py one pattern step at a time. At step s it has the logits of
+Generation runs the LM of lm.py one pattern step at a time. At step s it has the logits of
 every codebook for step s+1, mixes the conditional and the null-condition logits (classifier-free
 guidance, Ho & Salimans 2022),
 
@@ -55,7 +55,7 @@ def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=
     """Autoregressive decoding over the pattern's steps, within one window (§3).
 
     Args:
-        lm: musicgen.MusicLM.
+        lm: lm.MusicLM.
         text (B, L, D), text_mask (B, L): encoded descriptions; chroma (B, F, 12) (zeros = no melody).
         n_frames: T, frames to return (prompt included), at most the training window.
         prompt: (B, K, Tp) codes kept verbatim at the start, or None.

@@ -22,7 +22,8 @@ import data
 import toy
 from audio import write_audio
 from encodec import EncodecConfig
-from musicgen import LMConfig, MusicGen, check_input_codebooks
+from lm import LMConfig, check_input_codebooks
+from musicgen import MusicGen
 from train_codec import train_codec
 from train_lm import train_lm
 
@@ -73,6 +74,7 @@ TINY_LM = replace(
     dropout=0.1,                 # paper: 0. Why: 1000 clips are few even for 1.6M parameters.
     window_seconds=4.0,          # paper: 30. Why: the toy clips are 4 s long.
     input_codebooks=1,           # paper: all K. Why: the noisy finer codebooks drowned the beat.
+    text_encoder="scratch",      # paper: "t5", frozen and pretrained. Why: no download; learned with the LM.
     text_dim=128,                # paper: T5-base, 768. Why: trained from scratch on 1000 descriptions.
     text_layers=2,               # paper: 12. Why: the same.
     text_heads=4,                # paper: 12. Why: the same.

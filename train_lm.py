@@ -2,7 +2,7 @@
 
 Every clip is encoded once by the frozen codec and kept as codes. Each step draws random windows of
 codes (B, K, T) with the aligned melody audio, builds the conditions (the text encoded, the chroma
-extracted, condition dropout for guidance), and minimises the LM's cross-entropy (musicgen.py) with
+extracted, condition dropout for guidance), and minimises the LM's cross-entropy (lm.py) with
 AdamW, a warm-up + cosine learning rate and gradient clipping at 1, as the paper does.
 
 Reads top to bottom like nanoGPT's train.py: setup, data, model, optimizer, eval, loop.
@@ -20,7 +20,7 @@ from tqdm import tqdm
 import data
 from conditioners import ConditionDropout, Tokenizer, word_dropout
 from encodec import EncodecModel
-from musicgen import LMConfig, MusicLM, save_lm
+from lm import LMConfig, MusicLM, save_lm
 from spectral_codec import load_codec
 
 

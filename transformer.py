@@ -6,21 +6,20 @@ autoregressive transformer decoder over the S steps (§2.3). Each of its L layer
 
     x = x + SelfAttention(LN(x))                    causal: step s sees steps <= s only
     x = x + CrossAttention(LN(x), condition)        text conditioning (§2.4), with its padding mask
-    x = x + FFN(LN(x)),  FFN(h) = W_2 GELU(W_1 h)   no biases anywhere
+    x = x + FFN(LN(x)),  FFN(h) = W_2 GELU(W_1 h)   exact (erf) GELU
     output = LN(x)                                  a final LayerNorm
 
-Positions are sinusoidal (max_period 10000, §2.3) and are *added* to the input at absolute position
-offset + i, so that cached step-by-step decoding, prompt continuation and sliding windows all give
-each step the position it would have had in one full pass.
+The linear layers have no bias; the LayerNorms (eps 1e-5) have one, as in the reference (audiocraft,
+and HF transformers' MusicgenDecoder, which pretrained.py loads into this class). Attention logits are
+scaled by Dh^-1/2. Positions are sinusoidal (max_period 10000, §2.3) and are *added* to the input at
+absolute position offset + i, so that cached step-by-step decoding, prompt continuation and sliding
+windows all give each step the position it would have had in one full pass.
 
 Shape letters: B batch, S sequence steps (queries), L condition length, D model width (`dim`),
 H heads, Dh = D / H head width; "Sk" is the number of keys (cached + new).
 
-Data flow: (B, S, D) summed embeddings of musicgen.py ──Transformer(cross-attends to the text
-(B, L, D))──▶ (B, S, D) ──K linear heads in musicgen.py──▶ logits.
-
-Deviations: the reference (audiocraft) has bias-free linear layers but LayerNorms with a bias; we drop
-the LayerNorm bias too so that the model is literally bias-free.
+Data flow: (B, S, D) summed embeddings of lm.py ──Transformer(cross-attends to the text
+(B, L, D))──▶ (B, S, D) ──K linear heads in lm.py──▶ logits.
 
 Decoding speed. A cached step of the tiny LM takes about a millisecond on a CPU, mostly the fixed
 cost of each torch call, not arithmetic. So the hot path avoids calls, never maths:
@@ -41,13 +40,14 @@ ATTENTION = "sdpa"
 
 
 def sinusoidal_positions(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal position embeddings (Vaswani et al., 2017, §3.5; MusicGen §2.3).
+    """Sinusoidal position embeddings (Vaswani et al., 2017, §3.5; MusicGen §2.3), as the reference has them.
 
-        PE(p)[i]         = cos(p / max_period^(i / (D/2)))     for i = 0 .. D/2 - 1
-        PE(p)[D/2 + i]   = sin(p / max_period^(i / (D/2)))
+        PE(p)[i]         = cos(p · ω_i)      ω_i = max_period^(-i / (D/2 - 1)),   i = 0 .. D/2 - 1
+        PE(p)[D/2 + i]   = sin(p · ω_i)
 
-    (cos half then sin half, as in audiocraft, rather than Vaswani's interleaving: a permutation of
-    the same features, which a learned projection does not care about.)
+    Two differences from Vaswani's formula, both the reference's (audiocraft, HF transformers), which
+    the published weights were trained with: cos half then sin half instead of interleaved, and the
+    exponent divides by D/2 - 1, so the slowest frequency is exactly 1 / max_period.
 
     Args:
         positions: (S,) or (B, S) integer or float absolute positions.
@@ -55,10 +55,13 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int, max_period: float = 
     Returns:
         (S, D) or (B, S, D) float32.
     """
-    if dim % 2:
-        raise ValueError(f"dim must be even for sin/cos pairs, got {dim}")
+    if dim % 2 or dim < 4:
+        raise ValueError(f"dim must be even for sin/cos pairs, and at least 4, got {dim}")
     half = dim // 2
-    frequencies = max_period ** (-torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    # ω_i = exp(-i · ln(max_period) / (D/2 - 1)), computed as the reference does (exp of a float32 product)
+    # so that the two tables agree to the last bit.
+    exponent = torch.arange(half, dtype=torch.float32, device=positions.device) * -(math.log(max_period) / (half - 1))
+    frequencies = torch.exp(exponent)  # (D/2,)
     phase = positions.to(torch.float32)[..., None] * frequencies  # (..., S) -> (..., S, D/2)
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)  # (..., S, D/2) -> (..., S, D)
 
@@ -115,7 +118,7 @@ def attention(q, k, v, mask=None, is_causal=False, impl=None):
 
 class MultiHeadAttention(nn.Module):
     """Projections around `attention`: Q from the queries' stream, K/V from a source (itself or the
-    condition), H heads of width Dh = D / H, an output projection. No biases."""
+    condition), H heads of width Dh = D / H, an output projection. No biases (as the reference)."""
 
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
@@ -228,11 +231,11 @@ class DecoderBlock(nn.Module):
     def __init__(self, dim, n_heads, ffn_dim, cross_attention=True, causal=True, dropout=0.0):
         super().__init__()
         self.causal = causal
-        self.norm_self = nn.LayerNorm(dim, bias=False)
+        self.norm_self = nn.LayerNorm(dim)  # with a bias, eps 1e-5: the reference's
         self.self_attention = MultiHeadAttention(dim, n_heads)
-        self.norm_cross = nn.LayerNorm(dim, bias=False) if cross_attention else None
+        self.norm_cross = nn.LayerNorm(dim) if cross_attention else None
         self.cross_attention = MultiHeadAttention(dim, n_heads) if cross_attention else None
-        self.norm_ffn = nn.LayerNorm(dim, bias=False)
+        self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim, bias=False), nn.GELU(), nn.Linear(ffn_dim, dim, bias=False))
         self.dropout = dropout  # probability on each residual branch; 0 by default
 
@@ -302,7 +305,7 @@ class Transformer(nn.Module):
         self.has_cross_attention = cross_attention
         self.blocks = nn.ModuleList(DecoderBlock(dim, n_heads, ffn_dim, cross_attention, causal, dropout)
                                     for _ in range(n_layers))
-        self.norm_out = nn.LayerNorm(dim, bias=False)
+        self.norm_out = nn.LayerNorm(dim)
         self.position_table = torch.zeros(0, dim)  # sinusoidal_positions(0..n-1), extended on demand
 
     def positions(self, offset: int, S: int, device) -> torch.Tensor:

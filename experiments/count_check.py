@@ -21,7 +21,7 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
 The measured tables (1000 steps, ~2.5 min each on 2 CPU cores) are in NOTES.md, "LM reads codebook 1 only".
 
 Shape letters: B batch, K codebooks, T frames (200 = 4 s at 50 Hz).
-Data flow: synthetic codes -> musicgen.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
+Data flow: synthetic codes -> lm.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
 
     python -m experiments.count_check --flicker 0.1     # from the repository's root
 """
@@ -36,7 +36,7 @@ import torch
 
 import data
 import probe as attribute_probe
-from musicgen import MusicLM
+from lm import MusicLM
 from sampling import generate_codes
 from spectral_codec import load_codec
 from train import TINY_LM

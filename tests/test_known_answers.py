@@ -11,7 +11,8 @@ import discriminator
 import musicgen
 import sampling
 from conditioners import ConditionDropout, Tokenizer
-from musicgen import LMConfig, MusicGen, MusicLM
+from lm import LMConfig, MusicLM
+from musicgen import MusicGen
 from rvq import VectorQuantizer
 from sampling import generate_codes, sample_next_tokens
 from spectral_codec import build_codec

@@ -12,12 +12,12 @@ import pytest
 
 import train
 from encodec import EncodecConfig
-from musicgen import LMConfig
+from lm import LMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
 MODEL_MODULES = ("rvq", "encodec", "spectral_codec", "losses", "discriminator", "patterns", "transformer",
-                 "conditioners", "sampling", "musicgen", "audio")
+                 "conditioners", "sampling", "lm", "musicgen", "audio")
 
 
 def project_imports(path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musicgen import LMConfig, MusicLM
+from lm import LMConfig, MusicLM
 from sampling import generate_codes, sample_next_tokens
 from patterns import PATTERN_NAMES, make_pattern
 from transformer import Transformer
@@ -237,8 +237,8 @@ def test_paper_config_decoder_size():
     with torch.device("meta"):
         decoder = Transformer(D, cfg.n_layers, cfg.n_heads, ffn, cross_attention=True)
     n_decoder = sum(p.numel() for p in decoder.parameters())
-    per_block = 4 * D * D + 4 * D * D + 2 * D * ffn + 3 * D  # + three LayerNorm weights (no biases)
-    assert n_decoder == cfg.n_layers * per_block + D  # + the final LayerNorm
+    per_block = 4 * D * D + 4 * D * D + 2 * D * ffn + 3 * 2 * D  # + three LayerNorms (gain and bias)
+    assert n_decoder == cfg.n_layers * per_block + 2 * D  # + the final LayerNorm
     n_tokens = cfg.n_q * (cfg.codebook_size + 1) * D + cfg.n_q * D * cfg.codebook_size
     assert 400e6 < n_decoder + n_tokens < 430e6  # our count; the paper rounds this model to "300M"
     assert cfg.frame_rate * 30 == 1500  # 30 s training windows of 50 Hz frames

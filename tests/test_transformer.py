@@ -34,16 +34,20 @@ def make_inputs(seed=1):
     return x, condition, condition_mask
 
 
-def test_no_parameter_is_a_bias():
-    names = [name for name, _ in make_model().named_parameters()]
-    assert names and not [name for name in names if "bias" in name]
+def test_only_the_layer_norms_have_a_bias():
+    """As the reference: bias-free linear layers, LayerNorms with a gain and a bias."""
+    model = make_model()
+    names = [name for name, _ in model.named_parameters()]
+    norms = {name for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)}
+    assert names and all(name.rsplit(".", 1)[0] in norms for name in names if name.endswith("bias"))
+    assert all(f"{norm}.bias" in names for norm in norms)
 
 
 def test_sinusoidal_positions_by_hand():
-    # D = 4: frequencies 10000^(-0/2) = 1 and 10000^(-1/2) = 0.01; layout [cos, cos, sin, sin].
+    # D = 4: frequencies 10000^(-0/(2-1)) = 1 and 10000^(-1/(2-1)) = 1e-4; layout [cos, cos, sin, sin].
     pe = sinusoidal_positions(torch.tensor([0, 2]), 4)
     expected = torch.tensor([[1.0, 1.0, 0.0, 0.0],
-                             [math.cos(2), math.cos(0.02), math.sin(2), math.sin(0.02)]])
+                             [math.cos(2), math.cos(2e-4), math.sin(2), math.sin(2e-4)]])
     assert torch.allclose(pe, expected, atol=1e-6)
     batched = sinusoidal_positions(torch.tensor([[0, 2], [5, 6]]), 4)
     assert batched.shape == (2, 2, 4) and torch.allclose(batched[0], expected, atol=1e-6)
