@@ -2,6 +2,7 @@
 
     python benchmark.py --run runs/tiny            # a trained run (python train.py)
     python benchmark.py                            # untrained tiny models: same speed, no run needed
+    python benchmark.py --pretrained musicgen-small --seconds 1 --rounds 2   # a published MusicGen
 
 Measures, on whatever machine runs it:
 - generation speed with and without the KV cache (pattern steps per second, 10 s of audio, CFG on):
@@ -9,6 +10,8 @@ Measures, on whatever machine runs it:
 - the real-time factor of text-to-audio generation: seconds of compute per second of audio, CFG on,
   batch 1, codec decoding included (< 1 means faster than real time);
 - training step times of both stages at the tiny preset's batch shapes.
+With --pretrained (a published MusicGen folder, read by pretrained.py) only the cached generation is
+timed: the load, decoding steps per second (LM alone, codec decoding subtracted) and the real-time factor.
 """
 import argparse
 import json
@@ -93,22 +96,44 @@ def time_training_steps(preset, n_steps: int = 10) -> dict:
     return result
 
 
+def time_pretrained(folder, seconds: float, rounds: int) -> dict:
+    """Load time, then the best of `rounds` generations of `seconds` of audio (CFG on, batch 1), split
+    into the LM's decoding steps and the codec's decoding, timed apart on the same codes."""
+    began = time.perf_counter()
+    model = MusicGen.from_pretrained(folder)
+    load = time.perf_counter() - began
+    steps = round(seconds * model.frame_rate) + model.lm.cfg.n_q - 1  # delay pattern: T + K - 1 steps
+    total = min(time_generation(model, seconds, use_cache=True) for _ in range(rounds))
+    codes = torch.randint(0, model.codec.codebook_size, (1, model.codec.n_q, round(seconds * model.frame_rate)))
+    began = time.perf_counter()
+    model.codec.decode(codes)
+    decode = time.perf_counter() - began
+    return dict(seconds_of_audio=seconds, load_seconds=load, generation_seconds=total, codec_decode_seconds=decode,
+                decoding_steps_per_second=steps / (total - decode), real_time_factor=total / seconds,
+                torch_threads=torch.get_num_threads())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Speed benchmarks (KV cache, real-time factor, step times).")
-    p.add_argument("--run", help="run directory from train.py (default: untrained tiny models)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run", help="run directory from train.py (default: untrained tiny models)")
+    source.add_argument("--pretrained", metavar="FOLDER", help="a published MusicGen folder: its generation only")
     p.add_argument("--seconds", type=float, default=10.0, help="audio to generate (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="timing rounds, best kept (default 5)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    model = MusicGen.load(args.run) if args.run else untrained_model()
-    steps = round(args.seconds * model.frame_rate) + model.lm.cfg.n_q - 1  # delay pattern: T + K - 1 steps
-    time_generation(model, 1.0, use_cache=True)  # warm-up (first calls allocate)
-    cached, uncached = time_cache_speedup(model, args.seconds, args.rounds)
-    result = dict(seconds_of_audio=args.seconds, cached_seconds=cached, uncached_seconds=uncached,
-                  cached_steps_per_second=steps / cached, uncached_steps_per_second=steps / uncached,
-                  kv_cache_speedup=uncached / cached, real_time_factor=cached / args.seconds,
-                  torch_threads=torch.get_num_threads())
-    result.update(time_training_steps(train.TINY))
+    if args.pretrained:
+        result = time_pretrained(args.pretrained, args.seconds, args.rounds)
+    else:
+        model = MusicGen.load(args.run) if args.run else untrained_model()
+        steps = round(args.seconds * model.frame_rate) + model.lm.cfg.n_q - 1  # delay pattern: T + K - 1 steps
+        time_generation(model, 1.0, use_cache=True)  # warm-up (first calls allocate)
+        cached, uncached = time_cache_speedup(model, args.seconds, args.rounds)
+        result = dict(seconds_of_audio=args.seconds, cached_seconds=cached, uncached_seconds=uncached,
+                      cached_steps_per_second=steps / cached, uncached_steps_per_second=steps / uncached,
+                      kv_cache_speedup=uncached / cached, real_time_factor=cached / args.seconds,
+                      torch_threads=torch.get_num_threads())
+        result.update(time_training_steps(train.TINY))
     for key, value in result.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     if args.json:

@@ -204,7 +204,7 @@ def read_config(folder) -> dict:
 # HF decoder name → (our name, the regex group saying which part of it). Ours stacks what HF keeps
 # apart: W_K and W_V in one to_kv matrix (parts k, v), the K embedding tables of (card + 1) rows in one
 # (part = codebook), the K heads of card rows in one (part = codebook). Parts are concatenated along
-# dim 0 in order. Group None: copied as is. The sinusoidal positions are computed, not stored.
+# dim 0 in order. Group None: copied as is.
 LAYER = r"decoder\.model\.decoder\.layers\.(\d+)\."
 BLOCK = r"transformer.blocks.\1."
 DECODER_KEYS = [
@@ -225,6 +225,9 @@ DECODER_KEYS = [
     (r"enc_to_dec_proj\.(weight|bias)", r"text_encoder.projection.\1", None),
 ]
 PREFIXES = ("text_encoder.", "audio_encoder.", "decoder.", "enc_to_dec_proj.")
+# Files written by transformers of 2023 (the published ones) also hold the sinusoidal position table,
+# then a frozen parameter. It is computed, not learned: HF ignores it on load and so do we.
+IGNORED = r"decoder\.model\.decoder\.embed_positions\.weights"
 
 
 def lm_state_dict_from_hf(sd: dict) -> dict:
@@ -232,7 +235,7 @@ def lm_state_dict_from_hf(sd: dict) -> dict:
     adds T5's and the melody projection's)."""
     out, parts = {}, {}
     for key, value in sd.items():
-        if not key.startswith(("decoder.", "enc_to_dec_proj.")):
+        if not key.startswith(("decoder.", "enc_to_dec_proj.")) or re.fullmatch(IGNORED, key):
             continue
         match, ours, group = next(((m, o, g) for p, o, g in DECODER_KEYS if (m := re.fullmatch(p, key))),
                                   (None, None, None))

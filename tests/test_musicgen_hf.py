@@ -17,6 +17,7 @@ import generate
 from musicgen import MusicGen
 from pretrained import PretrainedError, read_state_dict
 from test_t5 import save_tokenizer
+from transformer import sinusoidal_positions
 
 transformers = pytest.importorskip("transformers")
 
@@ -96,6 +97,11 @@ def test_codec_codes_are_exact_and_audio_matches_hf(saved, ours):
     torch.testing.assert_close(ours.codec.decode(codes), expected_audio, atol=1e-4, rtol=0)
 
 
+def test_positions_are_hfs_to_the_last_bit():
+    table = transformers.models.musicgen.modeling_musicgen.MusicgenSinusoidalPositionalEmbedding.get_embedding(3000, 1024)
+    assert torch.equal(sinusoidal_positions(torch.arange(3000), 1024), table)
+
+
 def test_decoder_logits_match_hf(saved, ours):
     """The same tokens (special ones included) and text through both decoders: the same logits."""
     reference, folder = saved
@@ -158,11 +164,26 @@ def test_empty_description_is_hf_unconditional_generation(saved, ours):
     assert torch.equal(ours_codes[0], hf_codes[0][0])
 
 
+def test_no_melody_input_and_a_bfloat16_lm(saved, ours):
+    """The published text-to-music models have no melody input: asking for one is an error, not a
+    silently ignored melody. dtype=bfloat16 halves the LM's memory and still generates."""
+    with pytest.raises(ValueError, match="no melody input"):
+        ours.generate_with_chroma(["a happy rock song"], torch.zeros(1, 1, 800), ours.sample_rate)
+    half = MusicGen.from_pretrained(saved[1], dtype=torch.bfloat16)
+    assert next(half.lm.transformer.parameters()).dtype == torch.bfloat16
+    half.set_generation_params(duration=8 / half.frame_rate)
+    torch.manual_seed(0)
+    audio = half.generate(DESCRIPTIONS)
+    assert audio.shape == (2, 1, 8 * half.codec.hop_length) and torch.isfinite(audio).all()
+
+
 def legacy_weight_norm(folder, out):
-    """A copy of `folder` whose codec stores weight norm as the published 2023 files do: weight_v (the
-    conv weight) and weight_g (its norm over all dims but 0), instead of parametrizations.*."""
+    """A copy of `folder` as the published 2023 files are: the codec's weight norm as weight_v (the conv
+    weight) and weight_g (its norm over all dims but 0) instead of parametrizations.*, and the decoder's
+    sinusoidal position table stored as a (frozen) parameter."""
     save_file = pytest.importorskip("safetensors.torch").save_file
-    sd, legacy = read_state_dict(folder), {}
+    sd = read_state_dict(folder)
+    legacy = {"decoder.model.decoder.embed_positions.weights": sinusoidal_positions(torch.arange(64), 16)}
     for name, value in sd.items():
         if name.endswith(".parametrizations.weight.original1"):
             base = name[:-len(".parametrizations.weight.original1")]
@@ -179,10 +200,12 @@ def legacy_weight_norm(folder, out):
     return out
 
 
-def test_both_weight_norm_spellings_load(saved, ours, tmp_path):
+def test_the_published_2023_layout_loads_too(saved, ours, tmp_path):
+    """Both weight-norm spellings give the same codec; a stored position table is ignored (as HF does)."""
     reference, folder = saved
     assert any(".parametrizations.weight.original0" in name for name in read_state_dict(folder))
     old = MusicGen.from_pretrained(legacy_weight_norm(folder, tmp_path / "legacy"))
+    assert all(torch.equal(a, b) for a, b in zip(old.lm.state_dict().values(), ours.lm.state_dict().values()))
     wav = torch.randn(1, 1, 256, generator=torch.Generator().manual_seed(2)) * 0.3
     assert torch.equal(old.codec.encode(wav), ours.codec.encode(wav))
     torch.testing.assert_close(old.codec.decode(ours.codec.encode(wav)), ours.codec.decode(ours.codec.encode(wav)),
