@@ -16,8 +16,8 @@ from lm import LMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
-MODEL_MODULES = ("rvq", "encodec", "spectral_codec", "losses", "discriminator", "patterns", "transformer",
-                 "conditioners", "sampling", "lm", "musicgen", "audio")
+MODEL_MODULES = ("rvq", "seanet", "encodec", "spectral_codec", "losses", "discriminator", "patterns", "transformer",
+                 "conditioners", "t5", "sampling", "lm", "musicgen", "pretrained", "audio")
 
 
 def project_imports(path):
