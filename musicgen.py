@@ -39,10 +39,10 @@ class MusicGen:
 
     def __init__(self, codec, lm: MusicLM, tokenizer):
         """tokenizer: conditioners.Tokenizer (a trained run) or t5.UnigramTokenizer (a published model)."""
-        assert lm.cfg.n_q == codec.n_q and lm.cfg.codebook_size == codec.codebook_size, \
-            "the LM and the codec disagree on n_q / codebook_size"
-        assert lm.cfg.sample_rate == codec.sample_rate and abs(lm.cfg.frame_rate - codec.frame_rate) < 1e-9, \
-            "the LM and the codec disagree on sample_rate / frame_rate"
+        for name in ("n_q", "codebook_size", "sample_rate", "frame_rate"):  # the token streams must agree
+            if abs(getattr(lm.cfg, name) - getattr(codec, name)) > 1e-9:
+                raise ValueError(f"the LM and the codec disagree on {name}: {getattr(lm.cfg, name)} vs "
+                                 f"{getattr(codec, name)} (were they trained together?)")
         self.codec, self.lm, self.tokenizer = codec.eval(), lm.eval(), tokenizer
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate
         self.device = next(lm.parameters()).device

@@ -1,0 +1,76 @@
+"""Checkpoints: both stages round-trip exactly, and a broken or mismatched file gives the intended
+one-line error (in Python and through generate.py, exit code 2), never a traceback."""
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conditioners import Tokenizer
+from lm import MusicLM, load_lm, save_lm
+from musicgen import MusicGen
+from spectral_codec import build_codec, load_codec
+from train import TINY_CODEC, TINY_LM
+from train_lm import lm_config_for
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO_CODEC = replace(TINY_CODEC, n_filters=4, dimension=8, codebook_size=16, ratios=(8, 5, 4, 4))
+
+
+def micro_run(folder, codebook_size=16):
+    """A valid run directory (untrained codec + LM) written by the project's own save functions."""
+    torch.manual_seed(0)
+    codec = build_codec(replace(MICRO_CODEC, codebook_size=codebook_size)).eval()
+    tokenizer = Tokenizer.build(["a sad slow tune"])
+    lm = MusicLM(lm_config_for(build_codec(MICRO_CODEC), replace(TINY_LM, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                                                                 text_dim=16, text_layers=1, text_heads=2,
+                                                                 text_vocab_size=len(tokenizer.vocab))))
+    folder.mkdir(parents=True, exist_ok=True)
+    codec.save(folder / "codec.pt")
+    save_lm(folder / "lm.pt", lm, tokenizer, step=7)
+    return codec, lm, tokenizer
+
+
+def test_both_checkpoints_round_trip_exactly(tmp_path):
+    codec, lm, tokenizer = micro_run(tmp_path)
+    loaded_lm, loaded_tokenizer, ckpt = load_lm(tmp_path / "lm.pt")
+    assert ckpt["step"] == 7 and loaded_tokenizer.vocab == tokenizer.vocab and loaded_lm.cfg == lm.cfg
+    for name, value in lm.state_dict().items():
+        assert torch.equal(value, loaded_lm.state_dict()[name]), name
+    loaded_codec, _ = load_codec(tmp_path / "codec.pt")
+    wav = torch.randn(1, 1, 3200)
+    assert torch.equal(codec.encode(wav), loaded_codec.encode(wav))
+    model = MusicGen.load(tmp_path)
+    model.set_generation_params(duration=0.2)
+    torch.manual_seed(1)
+    first = model.generate(["a sad tune"])
+    torch.manual_seed(1)
+    assert torch.equal(first, model.generate(["a sad tune"]))  # same seed, same audio
+
+
+def generate(run):
+    return subprocess.run([sys.executable, str(ROOT / "generate.py"), "--run", str(run), "--text", "a tune",
+                           "--duration", "0.2", "--out", str(run / "x.wav")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_a_truncated_lm_beside_a_valid_codec_names_the_lm(tmp_path):
+    micro_run(tmp_path)
+    data = (tmp_path / "lm.pt").read_bytes()
+    (tmp_path / "lm.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"lm\.pt: not a readable LM checkpoint"):
+        MusicGen.load(tmp_path)
+    result = generate(tmp_path)
+    assert result.returncode == 2 and "lm.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_codec_and_lm_that_disagree_are_refused(tmp_path):
+    micro_run(tmp_path, codebook_size=32)  # the LM was built for 16 codes per codebook
+    with pytest.raises(ValueError, match="disagree on codebook_size: 16 vs 32"):
+        MusicGen.load(tmp_path)
+    result = generate(tmp_path)
+    assert result.returncode == 2 and "disagree on codebook_size" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
