@@ -88,7 +88,8 @@ class LMConfig:
 
 def t5_config(cfg: LMConfig) -> T5Config:
     """The T5 encoder the LM's text fields describe: T5's own layout (head width d_model / heads, FFN
-    4·d_model with ReLU), as in T5-base, the text encoder of every published MusicGen."""
+    4·d_model with ReLU), as in T5-base, the published MusicGen's text encoder (pretrained.py refuses
+    any other layout)."""
     return T5Config(vocab_size=cfg.text_vocab_size, d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads,
                     d_ff=4 * cfg.text_dim, num_layers=cfg.text_layers, num_heads=cfg.text_heads)
 
