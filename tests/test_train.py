@@ -74,6 +74,12 @@ def test_continuation_drops_the_prompt_frames_that_saw_the_cut(run, dataset, mon
     kept = n_frames - model.codec.lookahead_frames
     assert given["prompt"].shape == (1, model.codec.n_q, kept)
     assert torch.equal(given["prompt"], model.codec.encode(clip)[..., :kept])
+    # The paper's behaviour, one switch away: every prompt frame is kept.
+    model.lm.cfg.trim_prompt_lookahead = False
+    model.generate_continuation(clip[..., :n_frames * model.codec.hop_length], model.sample_rate, ["a tune"])
+    assert torch.equal(given["prompt"], model.codec.encode(clip[..., :n_frames * model.codec.hop_length]))
+    assert given["prompt"].shape[-1] == n_frames
+    model.lm.cfg.trim_prompt_lookahead = True
     with pytest.raises(ValueError, match="prompt is shorter"):
         model.generate_continuation(clip[..., :model.codec.lookahead_frames * model.codec.hop_length],
                                     model.sample_rate)
@@ -211,3 +217,18 @@ def test_codec_resume_continues_exactly(dataset, tmp_path, monkeypatch):
         weights[name] = torch.load(out / "codec.pt", weights_only=True)["model"]
     for name, value in weights["straight"].items():
         assert torch.allclose(value, weights["resumed"][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("changes", [dict(adversarial=True, disc_filters=4, disc_scales=(256, 128)),
+                                     dict(spectral=False, snake=False, l1_weight=0.1, pitch_weight=0.0,
+                                          frequency_weight=0.0)], ids=["adversarial", "seanet"])
+def test_the_papers_codec_training_is_one_switch_away(dataset, tmp_path, changes):
+    """The tiny recipe turns off the discriminator and swaps SEANet for the spectral codec: each paper
+    behaviour is a config switch, and training runs with it (its losses move the weights)."""
+    codec_cfg = train.replace(train.TINY_CODEC, n_filters=4, dimension=8, **changes)
+    preset = train.replace(train.TINY, codec=codec_cfg, codec_batch=2)
+    train_codec.train_codec(tmp_path, dataset, preset, max_steps=2, eval_every=1000, n_valid=2)
+    ckpt = torch.load(tmp_path / "codec.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["config"]["spectral"] == codec_cfg.spectral
+    if codec_cfg.adversarial:
+        assert "discriminator" in ckpt and "disc_optimizer" in ckpt
