@@ -157,12 +157,13 @@ class ChromaExtractor(nn.Module):
         """wav (B, C, N) at self.sample_rate → chroma (B, F, 12)."""
         if wav.dim() != 3:
             raise ValueError(f"wav must be (B, C, N), got shape {tuple(wav.shape)}")
-        mono = wav.mean(dim=1)  # (B, C, N) -> (B, N): any channel count
+        # In float32 whatever the model's dtype: a power spectrum of 16384 points overflows float16.
+        mono = wav.float().mean(dim=1)  # (B, C, N) -> (B, N): any channel count
         if mono.shape[-1] < self.n_fft // 2 + 1:  # reflect padding needs N > n_fft / 2
             mono = torch.nn.functional.pad(mono, (0, self.n_fft // 2 + 1 - mono.shape[-1]))
-        spec = torch.stft(mono, self.n_fft, self.hop_length, window=self.window, center=True,
+        spec = torch.stft(mono, self.n_fft, self.hop_length, window=self.window.float(), center=True,
                           return_complex=True).abs() ** 2  # (B, N) -> (B, n_bins, F)
-        chroma = torch.einsum("cf,bft->btc", self.filterbank, spec)  # (B, n_bins, F) -> (B, F, 12)
+        chroma = torch.einsum("cf,bft->btc", self.filterbank.float(), spec)  # (B, n_bins, F) -> (B, F, 12)
         energy = chroma.amax(dim=-1, keepdim=True)  # (B, F, 1)
         # A sine of amplitude A peaks at (A · n_fft / 4)² in a Hann-windowed power spectrum; frames
         # under A ≈ 0.004 (-48 dB) count as silence.

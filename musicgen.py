@@ -130,7 +130,9 @@ class MusicGen:
     @torch.inference_mode()
     def _generate(self, descriptions, melody=None, prompt=None):
         B = len(descriptions)
-        generator = torch.Generator(device="cpu").manual_seed(int(torch.randint(2**62, (1,))))
+        # The sampler's generator lives where the logits are (torch.rand refuses a CPU generator for
+        # CUDA tensors); its seed comes from torch's global RNG, so torch.manual_seed reproduces a call.
+        generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, (1,))))
         ids, mask = self.tokenizer.encode(descriptions)
         # "" is the null condition, as in the reference library (which zeroes the mask of an empty
         # description) and as guidance's null branch: the word tokenizer gives it no token, but T5's

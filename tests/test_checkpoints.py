@@ -74,3 +74,21 @@ def test_a_codec_and_lm_that_disagree_are_refused(tmp_path):
     result = generate(tmp_path)
     assert result.returncode == 2 and "disagree on codebook_size" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_lm_generates_through_the_public_api(tmp_path, dtype):
+    """The LM cast to bfloat16 / float16 (the codec and the chroma stay float32: their STFTs need it)
+    generates by text, melody and continuation without any hand-casting, and its sampler's generator
+    follows the model's device."""
+    micro_run(tmp_path)
+    model = MusicGen.load(tmp_path)
+    model.lm.to(dtype)
+    model.set_generation_params(duration=0.3)
+    torch.manual_seed(0)
+    outputs = [model.generate(["a sad tune"]),
+               model.generate_with_chroma(["a sad tune"], torch.randn(1, 1, 16000), 16000),
+               model.generate_continuation(0.1 * torch.randn(1, 1, 8000), 16000, ["a tune"])]
+    for wav in outputs:
+        assert wav.dtype == torch.float32 and wav.shape[-1] > 0 and torch.isfinite(wav).all()
+    assert model.lm.chroma(torch.randn(1, 1, 16000)).dtype == torch.float32

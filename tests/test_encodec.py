@@ -104,6 +104,9 @@ def test_losses_are_zero_for_identical_inputs():
     disc = discriminator.MSSTFTDiscriminator((256, 128), filters=4)
     outputs = disc(wav)
     assert discriminator.feature_matching_loss(outputs, outputs).item() == 0.0
+    # Every feature map doubled: |f - 2f| / |f| = 1 on every layer and scale (an |a - b|-only formula gives more).
+    doubled = [(logits, [2 * f for f in features]) for logits, features in outputs]
+    assert discriminator.feature_matching_loss(outputs, doubled).item() == pytest.approx(1.0, rel=1e-5)
     assert losses.MultiScaleMelLoss(16000, (64, 256))(wav, 0.5 * wav).item() > 0.1
 
 
@@ -178,9 +181,12 @@ def test_discriminator_output_shapes():
             n_freqs = (n_freqs - 1) // 2 + 1
         assert logits.shape == (3, 1, frames, n_freqs)
         assert len(features) == 5 and features[0].shape == (3, 4, frames, n_fft // 2 + 1)
+    # The losses on real outputs equal their formulas written out here (hand-made values: test_known_answers).
     real, fake = disc(torch.randn(3, 1, 4096)), disc(torch.randn(3, 1, 4096))
-    assert discriminator.discriminator_hinge_loss(real, fake).item() >= 0
-    assert discriminator.generator_adversarial_loss(fake).item() >= 0
+    hinge = sum(torch.relu(1 - r).mean() + torch.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake)) / 2
+    assert discriminator.discriminator_hinge_loss(real, fake).item() == pytest.approx(hinge.item(), rel=1e-6)
+    adversarial = sum(torch.relu(1 - f).mean() for f, _ in fake) / 2
+    assert discriminator.generator_adversarial_loss(fake).item() == pytest.approx(adversarial.item(), rel=1e-6)
 
 
 def test_a_few_training_steps_lower_the_loss():
