@@ -95,6 +95,23 @@ def test_generate_with_melody_and_prompt(run, tmp_path, dataset):
         assert sf.info(tmp_path / "y.wav").frames == 16000
     out, _ = sf.read(tmp_path / "y.wav", dtype="float32")
     assert np.abs(out[:rate // 2]).max() > 0  # the prompt's half second is there (re-encoded by the codec)
+    # In-process, the codes the codec decodes: a continuation starts with the prompt's own codes, and the
+    # melody reaches the LM (the same seed without it gives other codes).
+    from musicgen import MusicGen
+    model = MusicGen.load(run)
+    model.set_generation_params(duration=1.0)
+    decoded = []
+    decode = model.codec.decode
+    model.codec.decode = lambda codes: decoded.append(codes) or decode(codes)
+    prompt = torch.from_numpy(wav[:rate // 2])[None, None]
+    model.generate_continuation(prompt, rate, ["a tune"])
+    kept = (rate // 2) // model.codec.hop_length - model.prompt_lookahead_frames
+    assert kept > 0 and torch.equal(decoded[-1][..., :kept], model.codec.encode(prompt)[..., :kept])
+    melody = torch.from_numpy(wav)[None, None]
+    for with_melody in (True, False):
+        torch.manual_seed(3)
+        model.generate_with_chroma(["a tune"], melody if with_melody else 0 * melody, rate)
+    assert not torch.equal(decoded[-2], decoded[-1])
 
 
 @pytest.mark.parametrize("case", ["missing run", "corrupt run", "empty text", "negative duration",
