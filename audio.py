@@ -99,15 +99,15 @@ def resample(wav, from_rate, to_rate, zeros=16, rolloff=0.95, beta=8.6):
     return out.reshape(*lead, M)  # (R, M) -> (..., M)
 
 
-def peak_normalize(wav, peak=0.9):
-    """Scale so that max |wav| = peak (silence is returned unchanged)."""
-    largest = wav.abs().max()
-    return wav.clone() if largest == 0 else wav * (peak / largest)
-
-
 # The level every wav this project writes from a model is brought to: the toy clips' own peak, so a
 # reconstruction or a generated clip plays as loud as the real clip beside it.
 PEAK = 0.9
+
+
+def peak_normalize(wav, peak=PEAK):
+    """Scale so that max |wav| = peak (silence is returned unchanged)."""
+    largest = wav.abs().max()
+    return wav.clone() if largest == 0 else wav * (peak / largest)
 
 
 def normalize_audio(wav, strategy="peak", peak=PEAK, rms=0.1):
@@ -121,12 +121,11 @@ def normalize_audio(wav, strategy="peak", peak=PEAK, rms=0.1):
         "clip"  no scaling: samples past ±1 are clipped, with a warning that counts them.
     Silence stays silence. Returns audio of the same shape.
     """
-    largest = wav.abs().max()
     if strategy == "peak":
-        return wav.clone() if largest == 0 else wav * (peak / largest)
+        return peak_normalize(wav, peak)
     if strategy == "rms":
         level = wav.pow(2).mean().sqrt()
-        gain = 0.0 if level == 0 else min(rms / float(level), peak / float(largest))
+        gain = 0.0 if level == 0 else min(rms / float(level), peak / float(wav.abs().max()))
         return wav * gain
     if strategy == "clip":
         clipped = int((wav.abs() > 1).sum())
@@ -144,7 +143,7 @@ def write_audio(path, wav, sample_rate, strategy="peak"):
     if wav.dim() != 2:
         raise ValueError(f"wav: expected shape (C, N) or (N,), got {tuple(wav.shape)}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    samples = normalize_audio(wav, strategy).clamp(-1, 1).T.numpy()  # (C, N) -> (N, C), soundfile's layout
+    samples = normalize_audio(wav, strategy).T.numpy()  # within ±1 by construction; (C, N) -> (N, C), soundfile's layout
     sf.write(path, samples, int(sample_rate), subtype="PCM_16")
 
 
