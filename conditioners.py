@@ -1,19 +1,21 @@
-"""Conditioning (paper §2.4): text → a sequence the LM cross-attends to; melody → a chroma prefix.
+"""Conditioning (paper §2.4): text → a sequence the LM cross-attends to; melody → chroma the LM reads.
 
 - Text: the paper encodes the description with a frozen, pretrained T5 and projects it to the LM
   width; the LM cross-attends to it. Deviation: no weights can be downloaded here, so a word-level
   `Tokenizer` and a tiny transformer `TextEncoder` are trained jointly with the LM.
 - Melody: the paper takes the chromagram of the (drum- and bass-free) reference, keeps only the
   dominant pitch class per frame (one-hot, "to avoid overfitting"), and *prepends* it to the LM input.
-  `ChromaExtractor` computes it with torch.stft and a chroma filterbank built by hand (musicgen.py
-  adds it to each step instead of prepending it: see MusicLM).
+  `ChromaExtractor` computes it by hand as the reference implementation does (torch.stft, librosa's
+  chroma filter bank). The LM offers both fusions (lm.py, LMConfig.melody_fusion): "prepend", the
+  paper's, and "sum", the chroma added to each step's input, which the tiny recipe may use instead.
 - Classifier-free guidance (§3) needs a model that also knows the null condition: `ConditionDropout`
   replaces a sample's conditions by the null ones during training (paper: p = 0.3), and drops the
   melody alone with its own probability (paper: 0.2).
 
-Shape letters: B batch, L words, D width, C channels, N samples, F chroma frames.
+Shape letters: B batch, L words, D width, C channels, N samples, F chroma frames, S steps.
 Data flow: descriptions ─Tokenizer─▶ ids (B, L) ─TextEncoder─▶ (B, L, D) ─▶ LM cross-attention;
-           melody wav (B, C, N) ─ChromaExtractor─▶ chroma (B, F, 12) ─▶ Linear ─▶ prefix (B, F, D).
+           melody wav (B, C, N) ─ChromaExtractor─▶ chroma (B, F, 12) ─▶ Linear ─▶ prefix (B, F, D)
+           ("prepend") or one vector per step (B, S, D) ("sum").
 """
 import math
 import re
@@ -116,42 +118,72 @@ class TextEncoder(nn.Module):
         return x * mask[..., None], mask
 
 
-def chroma_filterbank(sample_rate: int, n_fft: int, f_min: float = 60.0, f_max: float = 5000.0) -> torch.Tensor:
-    """(12, n_fft // 2 + 1) weights: FFT bin → pitch class, a Gaussian of 1/2 semitone around each pitch.
+def chroma_filterbank(sample_rate: int, n_fft: int) -> torch.Tensor:
+    """(12, n_fft // 2 + 1) weights: FFT bin → pitch class (librosa's chroma filter bank, as the
+    reference's MusicgenMelodyFeatureExtractor builds it: tuning 0, L2 norm, octave weighting (5, 2),
+    rows starting at C).
 
-    A bin at frequency f sits at pitch p = 69 + 12·log2(f / 440) (MIDI numbers, A4 = 440 Hz); its weight
-    for pitch class c is Σ_octaves exp(-½((p - m)/σ)²) over the MIDI notes m ≡ c (mod 12), σ = 0.5.
-    Bins outside [f_min, f_max] are ignored: below, the FFT cannot resolve semitones; above, only
-    harmonics and noise live.
+    Bin k ≥ 1 (frequency f_k = k·sr / n_fft) sits at the pitch p_k = 69 + 12·log2(f_k / 440), a MIDI
+    number (A4 = 440 Hz, C4 = 60); the 0 Hz bin has no pitch and gets a made-up p_0 = p_1 − 18, 1.5
+    octaves below bin 1. Its weight for pitch class c (0 = C, ..., 11 = B) is a Gaussian of the distance
+    to the nearest note of that class, as wide as the bin is in semitones (a low, wide bin spreads over
+    several classes; σ is never under half a semitone), each column L2-normalised over the 12 classes,
+    then scaled by a Gaussian over octaves centred on A5 (MIDI 81 = 880 Hz) with a half-width of two
+    octaves, which fades out rumble and high harmonics:
+
+        d_ck = ((p_k − c + 6) mod 12) − 6  ∈ [−6, 6)      w_k = max(p_{k+1} − p_k, 1)
+        G_ck = exp(−½ (d_ck / (w_k / 2))²)                 (σ = w_k / 2 semitones)
+        W_ck = G_ck / ‖G_·k‖₂ · exp(−½ ((p_k − 81) / 24)²)  (L2 over c, then the octave weighting)
     """
-    freqs = torch.arange(n_fft // 2 + 1) * sample_rate / n_fft
-    inside = (freqs >= f_min) & (freqs <= min(f_max, sample_rate / 2))
-    pitch = hz_to_midi(freqs.clamp(min=1e-3))  # (n_bins,)
-    # Distance to the nearest note of each pitch class, wrapped to [-6, 6) semitones.
-    distance = (pitch[None, :] - torch.arange(12)[:, None] + 6) % 12 - 6  # (12, n_bins)
-    return torch.exp(-0.5 * (distance / 0.5) ** 2) * inside
+    k = torch.arange(1, n_fft // 2 + 2, dtype=torch.float64)  # bins 1 .. n_fft/2 + 1 (the last one for w)
+    pitch = hz_to_midi(k * sample_rate / n_fft)
+    pitch = torch.cat([pitch[:1] - 18, pitch])  # p_0 .. p_{n_fft/2 + 1}
+    width = (pitch[1:] - pitch[:-1]).clamp(min=1.0)  # w_0 .. w_{n_fft/2}
+    pitch = pitch[:-1]  # (n_bins,)
+    classes = torch.arange(12, dtype=torch.float64)[:, None]  # c = 0 (C) .. 11 (B)
+    distance = torch.remainder(pitch[None, :] - classes + 6, 12) - 6  # (12, n_bins), in [-6, 6)
+    bank = torch.exp(-0.5 * (distance / (width / 2)) ** 2)
+    bank = bank / bank.norm(dim=0, keepdim=True)  # each bin's 12 weights have unit L2 norm
+    bank = bank * torch.exp(-0.5 * ((pitch - 81) / 24) ** 2)  # octave weighting around A5
+    return bank.float()
 
 
 class ChromaExtractor(nn.Module):
-    """Chromagram → dominant pitch class per frame, one-hot (paper §2.4).
+    """Chromagram → dominant pitch class per frame, one-hot (paper §2.4), as the reference computes it.
 
     Paper: STFT of 2^14 samples with hop 2^12 at 32 kHz. We keep that time resolution at any rate:
     n_fft ≈ 0.512 s and hop ≈ 0.128 s (8192 and 2048 at 16 kHz) → `frame_rate` ≈ 7.8 frames per second.
-    With torch.stft(center=True) a clip of N samples gives F = N // hop_length + 1 frames.
+    With torch.stft(center=True) a clip of N ≥ n_fft samples gives F = N // hop_length + 1 frames; a
+    shorter one is first zero-padded on both sides to n_fft samples.
 
-    Deviation (documented): frames whose energy is ~silence give an all-zero vector instead of a
-    one-hot, so rests, the end of a short melody, and the null melody all look the same to the LM.
+    Per frame: power spectrum |X_k|² / Σ w² (Hann window w, as torchaudio's Spectrogram(normalized=True)),
+    chroma = filterbank @ power, divided by its maximum (at least 1e-6), then, with argmax=True, one-hot
+    at the loudest class. A silent frame is all zero, so its argmax is class 0: the reference's null
+    melody is a one-hot C, and so is ours by default.
+
+    gate_silence=True (a documented deviation, for the tiny recipe and metrics.chroma_cosine): frames
+    quieter than a sine of amplitude ~0.004 (-48 dB) give an all-zero vector instead, so rests, the end
+    of a short melody and the null melody all look the same, and none of them looks like a C.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int = None, hop_length: int = None, argmax: bool = True):
+    def __init__(self, sample_rate: int, n_fft: int = None, hop_length: int = None, argmax: bool = True,
+                 gate_silence: bool = False):
         super().__init__()
         self.sample_rate = sample_rate
         self.n_fft = n_fft or 2 ** round(math.log2(sample_rate * 2 ** 14 / 32000))
         self.hop_length = hop_length or self.n_fft // 4
         self.frame_rate = sample_rate / self.hop_length
-        self.argmax = argmax
-        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.argmax, self.gate_silence = argmax, gate_silence
+        window = torch.hann_window(self.n_fft)  # periodic, as torch.stft and torchaudio expect
+        self.register_buffer("window", window, persistent=False)
         self.register_buffer("filterbank", chroma_filterbank(sample_rate, self.n_fft), persistent=False)
+        # Silence threshold on the chroma's maximum. A sine of amplitude A at a bin's frequency peaks at
+        # |X| = A·Σw/2 = A·n_fft/4 (Hann: Σw = n_fft/2), i.e. a normalised power (A·n_fft/4)² / Σw²
+        # = A²·n_fft/6 (Σw² = 3·n_fft/8). The filter bank weighs a bin at a note's pitch by ~0.98 times
+        # the octave weighting (≤ 1), and the two neighbouring bins of the Hann main lobe add half of
+        # the peak again, so the sine's chroma maximum is this power within a factor of ~2 from C3 up
+        # (the octave weighting lowers the bass further): the threshold is that of A = 0.004 (-48 dB).
+        self.silence = (0.004 * self.n_fft / 4) ** 2 / float(window.pow(2).sum())
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, C, N) at self.sample_rate → chroma (B, F, 12)."""
@@ -159,19 +191,20 @@ class ChromaExtractor(nn.Module):
             raise ValueError(f"wav must be (B, C, N), got shape {tuple(wav.shape)}")
         # In float32 whatever the model's dtype: a power spectrum of 16384 points overflows float16.
         mono = wav.float().mean(dim=1)  # (B, C, N) -> (B, N): any channel count
-        if mono.shape[-1] < self.n_fft // 2 + 1:  # reflect padding needs N > n_fft / 2
-            mono = torch.nn.functional.pad(mono, (0, self.n_fft // 2 + 1 - mono.shape[-1]))
-        spec = torch.stft(mono, self.n_fft, self.hop_length, window=self.window.float(), center=True,
-                          return_complex=True).abs() ** 2  # (B, N) -> (B, n_bins, F)
+        if mono.shape[-1] < self.n_fft:  # centred zero padding, as the reference
+            pad = self.n_fft - mono.shape[-1]
+            mono = torch.nn.functional.pad(mono, (pad // 2, pad // 2 + pad % 2))
+        window = self.window.float()
+        spec = torch.stft(mono, self.n_fft, self.hop_length, window=window, center=True, pad_mode="reflect",
+                          return_complex=True).abs() ** 2 / window.pow(2).sum()  # (B, N) -> (B, n_bins, F)
         chroma = torch.einsum("cf,bft->btc", self.filterbank.float(), spec)  # (B, n_bins, F) -> (B, F, 12)
-        energy = chroma.amax(dim=-1, keepdim=True)  # (B, F, 1)
-        # A sine of amplitude A peaks at (A · n_fft / 4)² in a Hann-windowed power spectrum; frames
-        # under A ≈ 0.004 (-48 dB) count as silence.
-        silent = energy < 1e-6 * self.n_fft ** 2
-        chroma = chroma / energy.clamp(min=1e-12)  # max-normalise each frame
-        if self.argmax:
-            chroma = torch.nn.functional.one_hot(chroma.argmax(dim=-1), 12).float()  # keep the dominant bin
-        return chroma.masked_fill(silent, 0.0)
+        peak = chroma.amax(dim=-1, keepdim=True)  # (B, F, 1): the inf-norm, as chroma ≥ 0
+        chroma = chroma / peak.clamp(min=1e-6)  # max-normalise each frame
+        if self.argmax:  # keep the dominant bin; ties (a silent frame) go to the first class, C
+            chroma = torch.nn.functional.one_hot(chroma.argmax(dim=-1), 12).float()
+        if self.gate_silence:
+            chroma = chroma.masked_fill(peak < self.silence, 0.0)
+        return chroma
 
     def extract(self, wav: torch.Tensor, wav_sample_rate: int) -> torch.Tensor:
         """Like forward, for audio at any rate: resampled to self.sample_rate first."""
@@ -183,15 +216,17 @@ class ChromaExtractor(nn.Module):
 class ConditionDropout:
     """Training-time condition dropout for classifier-free guidance (§3).
 
-    With probability p_cfg a sample gets the null condition (empty description, all-zero chroma), so
-    one model learns both p(x | c) and p(x); otherwise, with probability p_melody, its melody alone is
-    dropped, so text-only prompts stay in-distribution for a model trained with melodies.
+    With probability p_cfg a sample gets the null condition (empty description, null melody), so one
+    model learns both p(x | c) and p(x); otherwise, with probability p_melody, its melody alone is
+    dropped, so text-only prompts stay in-distribution for a model trained with melodies. The null
+    melody is `null_chroma`, (F, 12) or (1, F, 12): the chroma of silence, which is a one-hot C per frame
+    for the reference's extractor and all zeros with gate_silence=True (None, the default: all zeros).
     """
 
     def __init__(self, p_cfg: float = 0.3, p_melody: float = 0.2):
         self.p_cfg, self.p_melody = p_cfg, p_melody
 
-    def __call__(self, descriptions, chroma: torch.Tensor, generator: torch.Generator):
+    def __call__(self, descriptions, chroma: torch.Tensor, generator: torch.Generator, null_chroma=None):
         B = len(descriptions)
         if chroma.shape[0] != B:
             raise ValueError(f"{B} descriptions but chroma has batch {chroma.shape[0]}")
@@ -199,5 +234,8 @@ class ConditionDropout:
         null = draw[:, 0] < self.p_cfg
         drop_melody = null | (draw[:, 1] < self.p_melody)
         descriptions = ["" if n else d for d, n in zip(descriptions, null.tolist())]
-        chroma = chroma * (~drop_melody).to(chroma.dtype)[:, None, None].to(chroma.device)
+        if null_chroma is None:
+            null_chroma = torch.zeros(chroma.shape[1:])
+        null_chroma = null_chroma.to(chroma).reshape(1, *chroma.shape[1:])  # (F, 12) or (1, F, 12) -> (1, F, 12)
+        chroma = torch.where(drop_melody.to(chroma.device)[:, None, None], null_chroma, chroma)
         return descriptions, chroma

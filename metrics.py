@@ -57,9 +57,10 @@ def kl_divergence(p, q, eps=1e-6):
 def chroma_cosine(reference, generated, sample_rate):
     """The paper's melody metric (§4.2): cosine similarity between the quantized (argmax one-hot)
     chroma of the reference melody and of the generated audio, per frame, averaged over frames (and
-    over the batch). For one-hot frames the cosine is 1 where the pitch classes agree, else 0.
+    over the batch). For one-hot frames the cosine is 1 where the pitch classes agree, else 0; silent
+    frames are gated to all-zero chroma (gate_silence=True), so they score 0 instead of matching as C.
     Args: reference, generated (B, 1, N) at sample_rate. Returns a float in [0, 1]."""
-    extractor = ChromaExtractor(sample_rate)
+    extractor = ChromaExtractor(sample_rate, gate_silence=True)
     ref, gen = extractor(reference.float()), extractor(generated.float())  # (B, F, 12) each
     n_frames = min(ref.shape[1], gen.shape[1])
     ref, gen = ref[:, :n_frames], gen[:, :n_frames]

@@ -96,7 +96,7 @@ def test_c_major_scale_gives_its_pitch_classes(sample_rate):
     assert abs(chroma.frame_rate - sample_rate / chroma.hop_length) < 1e-9
     centre = [round((i + 0.5) * 0.75 * chroma.frame_rate) for i in range(len(notes))]  # a frame inside each note
     assert out[0, centre].argmax(-1).tolist() == [0, 2, 4, 5, 7, 9, 11, 0]
-    assert ((out.sum(-1) == 1) | (out.sum(-1) == 0)).all()  # one-hot or silent
+    assert (out.sum(-1) == 1).all()  # one-hot, even the silent padding (the reference's null melody: C)
 
 
 def test_chroma_of_a_sawtooth_follows_its_fundamental_and_accepts_stereo():
@@ -108,9 +108,11 @@ def test_chroma_of_a_sawtooth_follows_its_fundamental_and_accepts_stereo():
     assert out[0, mid].argmax().item() == 2
 
 
-def test_silence_gives_zero_chroma_and_resampling_path():
+def test_silence_is_one_hot_c_or_zero_with_the_gate_and_resampling_path():
+    silence = torch.zeros(2, 1, 16000)
+    assert (ChromaExtractor(16000)(silence).argmax(-1) == 0).all()
+    assert ChromaExtractor(16000, gate_silence=True)(silence).abs().sum() == 0
     chroma = ChromaExtractor(16000)
-    assert chroma(torch.zeros(2, 1, 16000)).abs().sum() == 0
     wav = 0.5 * tone(67, 1.0, 44100)[None, None]  # G4 at 44.1 kHz
     out = chroma.extract(wav, 44100)
     assert out[0, 3].argmax().item() == 7
@@ -120,7 +122,11 @@ def test_filterbank_peaks_on_the_right_pitch_class():
     bank = chroma_filterbank(16000, 8192)
     a440_bin = round(440 * 8192 / 16000)
     assert bank[:, a440_bin].argmax().item() == 9  # A
-    assert bank[:, :round(60 * 8192 / 16000)].sum() == 0  # nothing below f_min
+    assert bank[:, round(261.63 * 8192 / 16000)].argmax().item() == 0  # C4
+    # Octave weighting: a Gaussian over octaves around A5 (880 Hz), half-width 2 octaves.
+    a = lambda f: bank[9, round(f * 8192 / 16000)].item()
+    for f, octaves in [(55, -4), (220, -2), (7040, 3)]:
+        assert abs(a(f) / a(880) - math.exp(-0.5 * (octaves / 2) ** 2)) < 0.01
 
 
 def test_condition_dropout_rates_and_extremes():
