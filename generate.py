@@ -73,8 +73,6 @@ def main(argv=None):
         fail("--top-k must be >= 0, --top-p in [0, 1], --temperature >= 0")
     if args.melody and args.prompt:
         fail("use --melody or --prompt, not both")
-    if args.pretrained and args.melody:
-        fail("--melody: the published text-to-music MusicGen has no melody input")
     run = Path(args.run)
     for name in ("codec.pt", "lm.pt") if not args.pretrained else ():
         if not (run / name).is_file():
@@ -98,6 +96,8 @@ def main(argv=None):
     if melody is not None:
         wav, rate = melody
         chroma = model.lm.chroma
+        if model.lm.melody_projection is None:
+            fail(f"--melody: this model has no melody input (a text-to-music MusicGen; musicgen-melody has one)")
         if wav.shape[-1] * model.sample_rate / rate < chroma.hop_length:
             fail(f"--melody {args.melody} is shorter than one chroma frame "
                  f"({chroma.hop_length / model.sample_rate:.3f} s)")

@@ -6,24 +6,35 @@ cascade of models, no upsampler. This file holds that LM, its config and its che
 holds the user-facing `MusicGen` front, pretrained.py fills this LM with the published weights.
 
 Data flow (shape letters as in DESIGN.md: B batch, K codebooks, T frames, S pattern steps,
-D model width, L text tokens, F chroma frames, K_in codebooks the LM reads, K_in = K in the paper):
+D model width, L text tokens, F chroma frames, P prefix steps, K_in codebooks the LM reads, K_in = K in the paper):
 
     descriptions ──tokenizer──▶ ids (B, L) ──text encoder (T5 or ours) + projection──▶ text (B, L, D)
+    melody wav ──chroma (§2.4)──▶ chroma (B, F, 12) ──projection──▶ melody (B, F, D)
     codes (B, K, T) ──pattern.build──▶ sequence (B, K, S)           special token = codebook_size
-    sequence ──Σ_k≤K_in Emb_k──▶ (B, S, D) ──+ chroma of each step's frame (B, S, D)──▶ (B, S, D)
-    ──transformer, cross-attending to text (B, L, D)──▶ (B, S, D) ──K heads──▶
+    sequence ──Σ_k≤K_in Emb_k──▶ (B, S, D) ──[prefix (B, P, D) ; steps]──▶ (B, P + S, D)
+    ──transformer, cross-attending to text (B, L, D)──▶ keep the last S ──K heads──▶
     logits (B, K, S, codebook_size) ──pattern.revert_logits──▶ (B, K, T, codebook_size) ──CE──▶ loss
 
-Three switches of `LMConfig` replace paper behaviour in the tiny recipe (train.TINY_LM says why):
+Where each condition enters the decoder is set by two switches (`MusicLM.conditions`, §2.4):
+
+    text_fusion   "cross"    the paper's text model: every layer cross-attends to the L text states
+                  "prepend"  the published melody model: the L text states stand before the steps
+    melody_fusion "prepend"  the paper: the F chroma frames of the window stand before the steps
+                  "sum"      each step's input also gets the chroma frame it predicts (audiocraft's "sum")
+                  "none"     no melody input (the published text-to-music models)
+
+A prefix is attended causally like the steps and takes positions 0..P-1; the loss is on the steps
+only. Three more switches replace paper behaviour in the tiny recipe (train.TINY_LM says why):
 `text_encoder` (the paper's frozen pretrained T5, or conditioners.TextEncoder trained with the LM),
 `input_codebooks` (the paper sums all K embeddings; the tiny LM reads codebook 1 and still predicts
-all K) and `start_weight` (the paper's loss is a plain mean). The melody is added to the step it
-belongs to (the reference library's "sum" fusion) where the paper prepends the chroma (§2.4).
+all K) and `start_weight` (the paper's loss is a plain mean).
 
 Generation (sampling.py) runs the same network one pattern step at a time with a KV cache (§3).
 """
+import math
 import os
 from dataclasses import dataclass, asdict
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +47,8 @@ from t5 import T5Config, T5Encoder
 from transformer import Transformer
 
 TEXT_ENCODERS = ("t5", "scratch")
+TEXT_FUSIONS = ("cross", "prepend")
+MELODY_FUSIONS = ("prepend", "sum", "none")
 
 
 @dataclass
@@ -68,6 +81,15 @@ class LMConfig:
     cfg_dropout: float = 0.3
     melody_dropout: float = 0.2
     word_dropout: float = 0.0     # drop words of the description (not in the paper; audiocraft: 0.3 for T5)
+    # Where the conditions enter the decoder (§2.4; see the module docstring and MusicLM.conditions).
+    text_fusion: str = "cross"
+    melody_fusion: str = "prepend"
+    # The melody's chromagram (§2.4): STFT of 2^14 samples, hop 2^12 (at 32 kHz: 7.8 frames per second).
+    chroma_n_fft: int = 16384
+    chroma_hop_length: int = 4096
+    # A silent frame's chroma: False, one-hot pitch class 0 (the reference's argmax of zeros, which is
+    # also its null melody); True, all zeros, so rests and "no melody" differ from a played C.
+    chroma_gate_silence: bool = False
     # Loss weight of the first start_frames frames of each window (see compute_loss; 1 = plain mean).
     start_frames: int = 10
     start_weight: float = 1.0
@@ -129,6 +151,14 @@ def check_input_codebooks(cfg: LMConfig):
                          f"which an LM reading {K_in} codebook(s) never reads: set input_codebooks to all")
 
 
+class Conditions(NamedTuple):
+    """The conditions, placed where LMConfig's fusions put them (MusicLM.conditions builds it)."""
+    prefix: torch.Tensor | None      # (B, P, D) stands before the first step: chroma frames and/or text
+    cross: torch.Tensor | None       # (B, L, D) cross-attended by every layer: the text
+    cross_mask: torch.Tensor | None  # (B, L) bool, True = a real token; an all-False row = the null text
+    steps: torch.Tensor | None       # (B, S, D) added to the steps' inputs: the "sum" melody
+
+
 class MusicLM(nn.Module):
     """The language model of §2.3: codebook embeddings summed, a causal transformer, K linear heads."""
 
@@ -154,23 +184,27 @@ class MusicLM(nn.Module):
         else:
             self.text_encoder = TextEncoder(cfg.text_vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads,
                                             out_dim=cfg.dim)
-        # Melody: one-hot chroma (12) projected to D (§2.4). No bias, so the null melody (all-zero chroma)
-        # adds nothing. Deviation: the paper *prepends* the F chroma frames (7.8 per second) to the
-        # sequence, and attention must learn which frame belongs to which step, which our tiny LM did
-        # not (NOTES.md, "Melody added per step"). We resample the chroma to the steps and *add* it to
-        # each step's input, so the step that predicts frame t reads the melody at frame t directly.
-        # Same information, same bottleneck (argmax one-hot). The published text-to-music models have no
-        # melody input: pretrained.py leaves this projection at zero, so a melody adds nothing there.
-        self.chroma = ChromaExtractor(cfg.sample_rate)
-        self.melody_projection = nn.Linear(12, cfg.dim, bias=False)
-        self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cross_attention=True,
-                                       causal=True, dropout=cfg.dropout)
+        # Melody (§2.4): the window's chromagram, one-hot per frame (12), projected to D. Prepended,
+        # the projection has a bias, as the reference's; summed onto the steps it has none, so an
+        # all-zero chroma (a gated rest) adds nothing. The null melody of guidance and of condition
+        # dropout is the chroma of silence, as in the reference, which drops a melody by zeroing its wav.
+        for name, value, allowed in (("text_fusion", cfg.text_fusion, TEXT_FUSIONS),
+                                     ("melody_fusion", cfg.melody_fusion, MELODY_FUSIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        self.chroma = ChromaExtractor(cfg.sample_rate, cfg.chroma_n_fft, cfg.chroma_hop_length,
+                                      gate_silence=cfg.chroma_gate_silence)
+        window = torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))
+        self.register_buffer("null_chroma", self.chroma(window), persistent=False)  # (1, F, 12)
+        self.melody_frames = self.null_chroma.shape[1]  # F: the chroma frames of one window
+        self.melody_projection = (None if cfg.melody_fusion == "none" else
+                                  nn.Linear(12, cfg.dim, bias=cfg.melody_fusion == "prepend"))
+        self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim,
+                                       cross_attention=cfg.text_fusion == "cross", causal=True, dropout=cfg.dropout)
         # One linear head per codebook, predicting its codebook_size real entries (never the special
         # token). The K heads are stored as one (K·card, D) matrix, head k being rows k·card..(k+1)·card:
         # one matmul per step instead of K (decoding a step on a CPU is mostly per-call overhead).
         self.heads = nn.Linear(cfg.dim, cfg.n_q * cfg.codebook_size, bias=False)
-        # Window length in chroma frames F: the chroma of a window is always F frames (zeros = no melody).
-        self.melody_frames = self.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]
 
     # ---- conditions --------------------------------------------------------------------------------
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor):
@@ -192,7 +226,8 @@ class MusicLM(nn.Module):
         return torch.cat([frame[1:], frame[-1:]]).clamp(min=0)               # step s predicts step s+1
 
     def melody_steps(self, chroma: torch.Tensor, n_steps: int) -> torch.Tensor:
-        """chroma (B, F, 12) one-hot (or all-zero = null melody) → (B, S, D), one vector per step."""
+        """The "sum" fusion: chroma (B, F, 12) → (B, S, D), for each step the projected chroma frame
+        at the time of the frame that step predicts."""
         B, n_frames, n_bins = chroma.shape
         if n_frames != self.melody_frames or n_bins != 12:
             raise ValueError(f"chroma must be (B, {self.melody_frames}, 12), got {tuple(chroma.shape)}")
@@ -202,17 +237,53 @@ class MusicLM(nn.Module):
         steps = chroma[:, index].to(self.melody_projection.weight.dtype)  # (B, F, 12) -> (B, S, 12)
         return self.melody_projection(steps)  # (B, S, 12) -> (B, S, D)
 
+    def fit_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
+        """chroma (B, F', 12) → (B, F, 12), F the frames of one window: a shorter chroma is repeated
+        until it fills the window (the reference's fill), a longer one is cut."""
+        if chroma.dim() != 3 or chroma.shape[1] < 1 or chroma.shape[2] != 12:
+            raise ValueError(f"chroma must be (B, frames >= 1, 12), got {tuple(chroma.shape)}")
+        repeats = math.ceil(self.melody_frames / chroma.shape[1])
+        return chroma.repeat(1, repeats, 1)[:, :self.melody_frames]  # (B, F', 12) -> (B, F, 12)
+
+    def conditions(self, text, text_mask, chroma=None, n_steps=None) -> "Conditions":
+        """Put each condition where the fusions say (§2.4).
+
+        Args:
+            text: (B, L, D) from encode_text, padded positions zero; text_mask: (B, L) bool.
+            chroma: (B, F', 12) one-hot chroma of the melody (fit to F frames), or None = the null melody.
+            n_steps: S, the steps of the whole sequence (needed by the "sum" fusion only).
+        Returns:
+            Conditions: the prefix (B, P, D), the cross-attended text (B, L, D) and its mask, the
+            per-step melody (B, S, D); each None where the fusions put nothing.
+        """
+        B = text.shape[0]
+        prefix, cross, cross_mask, steps = [], None, None, None
+        if self.melody_projection is not None:
+            chroma = self.null_chroma.expand(B, -1, -1) if chroma is None else self.fit_chroma(chroma)
+            if self.cfg.melody_fusion == "prepend":
+                dtype = self.melody_projection.weight.dtype
+                prefix.append(self.melody_projection(chroma.to(dtype)))  # (B, F, 12) -> (B, F, D)
+            else:
+                steps = self.melody_steps(chroma, n_steps)  # (B, F, 12) -> (B, S, D)
+        if self.cfg.text_fusion == "prepend":
+            # Padded positions are zero vectors and are attended, exactly as in the reference.
+            prefix.append(text)  # after the melody: [chroma frames ; text tokens]
+        else:
+            cross, cross_mask = text, text_mask
+        prefix = torch.cat(prefix, dim=1) if prefix else None  # (B, P, D), P = F and/or L
+        return Conditions(prefix, cross, cross_mask, steps)
+
     # ---- the network -------------------------------------------------------------------------------
-    def forward(self, sequence, text, text_mask, melody=None, cache=None):
+    def forward(self, sequence, conditions: "Conditions", cache=None):
         """One pass of the decoder.
 
         Args:
             sequence: (B, K, S) int64 tokens in [0, codebook_size] (codebook_size = special).
-            text: (B, L, D) encoded description; text_mask: (B, L) bool, True = real token.
-            melody: (B, S, D) from melody_steps for these S steps, or None (= null melody).
+            conditions: from `conditions()`. The prefix goes in front of a full pass, or of the first
+                call with an empty cache, which then holds it; later calls feed new steps only.
             cache: KVCache for step-by-step decoding; positions continue from what it holds.
         Returns:
-            logits (B, K, S, codebook_size).
+            logits (B, K, S, codebook_size) of the S steps given (none for the prefix).
         """
         B, K, S = sequence.shape
         assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
@@ -222,25 +293,30 @@ class MusicLM(nn.Module):
             raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
         read = sequence[:, :self.cfg.codebooks_read]  # (B, K, S) -> (B, K_in, S); the paper: K_in = K
         x = self.embeddings(read + self.embedding_offsets).sum(dim=1)  # (B, K_in, S) -> (B, K_in, S, D) -> (B, S, D)
-        if melody is not None:
-            assert melody.shape == x.shape, f"melody {tuple(melody.shape)} must match the steps {tuple(x.shape)}"
-            x = x + melody  # (B, S, D): each step also reads the melody of the frame it predicts
-        x = self.transformer(x, condition=text, condition_mask=text_mask, cache=cache)
-        logits = self.heads(x)  # (B, S, D) -> (B, S, K · codebook_size)
+        prefix = conditions.prefix
+        P = 0 if prefix is None else prefix.shape[1]
+        fresh = cache is None or cache.length == 0  # nothing fed yet: the prefix goes in front
+        first = 0 if fresh else cache.length - P    # index of sequence[..., 0] among the steps
+        if conditions.steps is not None:  # "sum": each step also reads the melody of the frame it predicts
+            x = x + conditions.steps[:, first:first + S]  # (B, S, D)
+        if fresh and prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, S, D) -> (B, P + S, D)
+        x = self.transformer(x, condition=conditions.cross, condition_mask=conditions.cross_mask, cache=cache)
+        logits = self.heads(x[:, -S:])  # (B, S, D) -> (B, S, K · codebook_size): the prefix predicts nothing
         return logits.view(B, S, K, -1).transpose(1, 2)  # -> (B, S, K, card) -> (B, K, S, card)
 
     def compute_loss(self, codes, text, text_mask, chroma):
         """Cross-entropy of §2.3, averaged over codebooks, on the real (non-special) positions only.
 
         Args:
-            codes: (B, K, T) int64; text (B, L, D), text_mask (B, L); chroma (B, F, 12).
+            codes: (B, K, T) int64; text (B, L, D), text_mask (B, L); chroma (B, F, 12) or None.
         Returns:
             loss (scalar, the training objective, frame-weighted) and the plain per-codebook
             cross-entropies (K,) for logging and held-out evaluation.
         """
         B, K, T = codes.shape
         sequence, _ = self.pattern.build(codes, self.special)  # (B, K, T) -> (B, K, S)
-        logits = self(sequence, text, text_mask, melody=self.melody_steps(chroma, sequence.shape[-1]))  # (B, K, S, card)
+        logits = self(sequence, self.conditions(text, text_mask, chroma, sequence.shape[-1]))  # (B, K, S, card)
         # Output step s predicts the tokens of step s+1; revert_logits applies that shift and tells which
         # (k, t) have a prediction at all. The mask comes from the pattern alone (never re-applied).
         logits, valid = self.pattern.revert_logits(logits)  # (B, K, S, card) -> (B, K, T, card), (K, T)

@@ -19,7 +19,6 @@ the conditional and the null condition as one batch of 2B. Past one training win
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from audio import resample
 from lm import MusicLM, load_lm
@@ -60,7 +59,7 @@ class MusicGen:
         """A published MusicGen (e.g. facebook/musicgen-small) from a local folder in the layout HF
         transformers' save_pretrained writes, in our own modules (pretrained.load_pretrained). Its
         defaults are the paper's: top-k 250, guidance 3, 30 s windows. PretrainedError if the folder
-        is missing, broken, or holds a model this code does not implement (melody, stereo)."""
+        is missing, broken, or holds a model this code does not implement (stereo)."""
         return cls(*load_pretrained(folder, device, dtype))
 
     def set_generation_params(self, duration=None, use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
@@ -90,8 +89,8 @@ class MusicGen:
 
     def generate_with_chroma(self, descriptions, melody_wavs, melody_sample_rate: int) -> torch.Tensor:
         """melody_wavs: (B, C, N) or (C, N) audio at melody_sample_rate; its chroma guides the melody."""
-        if not self.lm.melody_projection.weight.any():
-            raise ValueError("this model has no melody input (a published text-to-music MusicGen)")
+        if self.lm.melody_projection is None:
+            raise ValueError("this model has no melody input (a text-to-music MusicGen; use a melody model)")
         melody = melody_wavs if melody_wavs.dim() == 3 else melody_wavs[None]
         if melody.shape[0] != len(descriptions):
             raise ValueError(f"{len(descriptions)} descriptions but {melody.shape[0]} melody wavs")
@@ -149,7 +148,7 @@ class MusicGen:
             # last (window - stride) frames as a prompt and starts again from position 0.
             start = max(0, codes.shape[-1] - (window - stride)) if codes.shape[-1] >= window else 0
             n_frames = min(window, total - start)
-            chroma = self._melody_chroma(melody, start, B)
+            chroma = self._melody_chroma(melody, start)
             new = generate_codes(self.lm, text, text_mask, chroma, n_frames, prompt=codes[..., start:],
                                  generator=generator, **self.generation_params)
             codes = torch.cat([codes[..., :start], new], dim=-1)
@@ -157,12 +156,13 @@ class MusicGen:
                 break
         return self.codec.decode(codes)  # (B, K, T) -> (B, 1, T · hop)
 
-    def _melody_chroma(self, melody, start_frame: int, B: int) -> torch.Tensor:
-        """Chroma (B, F, 12) of the melody over the window starting at `start_frame` (zeros if none)."""
-        n_window = round(self.lm.cfg.window_seconds * self.sample_rate)
+    def _melody_chroma(self, melody, start_frame: int):
+        """Chroma (B, F', 12) of the melody over the window starting at `start_frame`, or None (the null
+        melody) if there is no melody there. A part shorter than the window is repeated to fill it
+        (MusicLM.fit_chroma), as the reference fills a short melody."""
         if melody is None:
-            return torch.zeros(B, self.lm.melody_frames, 12, device=self.device)
+            return None
+        n_window = round(self.lm.cfg.window_seconds * self.sample_rate)
         start = round(start_frame / self.frame_rate * self.sample_rate)
-        segment = melody[..., start:start + n_window]
-        segment = F.pad(segment, (0, n_window - segment.shape[-1]))  # silence past the melody's end
-        return self.lm.chroma(segment)  # (B, 1, N) -> (B, F, 12)
+        segment = melody[..., start:start + n_window]  # (B, 1, N') with N' <= one window
+        return self.lm.chroma(segment) if segment.shape[-1] > 0 else None  # (B, 1, N') -> (B, F', 12)

@@ -10,6 +10,7 @@ The published facebook/musicgen-* folders are in the layout HF transformers' `sa
       model-00001-of-0000N.safetensors ...
     pytorch_model.bin                the same dictionary as a torch.save pickle (older uploads)
     tokenizer.json                   T5's tokenizer (read by t5.UnigramTokenizer)
+    preprocessor_config.json         musicgen-melody only: the chroma's n_fft, hop_length, sampling_rate
 
 A .safetensors file is three parts, read here without the `safetensors` package:
 
@@ -197,6 +198,8 @@ def read_config(folder) -> dict:
 #   text_encoder.*   T5 encoder          → lm.text_encoder.t5          (t5.t5_state_dict_from_hf)
 #   enc_to_dec_proj  Linear T5 width → LM width, with a bias; absent when the two widths agree
 #                                        → lm.text_encoder.projection  (then the identity)
+#   audio_enc_to_dec_proj  Linear 12 chroma bins → LM width, with a bias (musicgen-melody only)
+#                                        → lm.melody_projection
 #   audio_encoder.*  EnCodec             → encodec.EncodecModel.from_hf (weight_g / weight_v or
 #                    parametrizations.weight.original0 / original1, LSTMs, codebooks)
 #   decoder.*        the LM              → lm.MusicLM, by the table below
@@ -223,19 +226,20 @@ DECODER_KEYS = [
     (r"decoder\.model\.decoder\.layer_norm\.(weight|bias)", r"transformer.norm_out.\1", None),
     (r"decoder\.lm_heads\.(\d+)\.weight", "heads.weight", 1),
     (r"enc_to_dec_proj\.(weight|bias)", r"text_encoder.projection.\1", None),
+    (r"audio_enc_to_dec_proj\.(weight|bias)", r"melody_projection.\1", None),  # musicgen-melody: chroma → D
 ]
-PREFIXES = ("text_encoder.", "audio_encoder.", "decoder.", "enc_to_dec_proj.")
+PREFIXES = ("text_encoder.", "audio_encoder.", "decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.")
 # Files written by transformers of 2023 (the published ones) also hold the sinusoidal position table,
 # then a frozen parameter. It is computed, not learned: HF ignores it on load and so do we.
 IGNORED = r"decoder\.model\.decoder\.embed_positions\.weights"
 
 
 def lm_state_dict_from_hf(sd: dict) -> dict:
-    """HF `decoder.*` and `enc_to_dec_proj.*` tensors → `MusicLM` state dict entries (load_pretrained
-    adds T5's and the melody projection's)."""
+    """HF `decoder.*`, `enc_to_dec_proj.*` and `audio_enc_to_dec_proj.*` tensors → `MusicLM` state dict
+    entries (load_pretrained adds T5's)."""
     out, parts = {}, {}
     for key, value in sd.items():
-        if not key.startswith(("decoder.", "enc_to_dec_proj.")) or re.fullmatch(IGNORED, key):
+        if not key.startswith(PREFIXES[2:]) or re.fullmatch(IGNORED, key):
             continue
         match, ours, group = next(((m, o, g) for p, o, g in DECODER_KEYS if (m := re.fullmatch(p, key))),
                                   (None, None, None))
@@ -253,13 +257,15 @@ def lm_state_dict_from_hf(sd: dict) -> dict:
     return out
 
 
+MODEL_TYPES = ("musicgen", "musicgen_melody")  # the text-to-music models; the melody model
+
+
 def supported_configs(config: dict, where) -> tuple:
     """→ the (text_encoder, audio_encoder, decoder) sub-configs, or PretrainedError naming what this code
-    does not implement: melody conditioning, stereo, another text encoder or activation, another start token."""
+    does not implement: stereo, another text encoder or activation, another start token."""
     kind = config.get("model_type")
-    if kind != "musicgen":
-        extra = " (musicgen-melody's chroma prefix is not implemented)" if kind == "musicgen_melody" else ""
-        raise PretrainedError(f"{where}: model_type {kind!r} is not supported, only 'musicgen'{extra}")
+    if kind not in MODEL_TYPES:
+        raise PretrainedError(f"{where}: model_type {kind!r} is not supported, only {' or '.join(map(repr, MODEL_TYPES))}")
     subs = [config.get(name) for name in ("text_encoder", "audio_encoder", "decoder")]
     if not all(isinstance(sub, dict) for sub in subs):
         raise PretrainedError(f"{where}: needs the sub-configs text_encoder, audio_encoder and decoder")
@@ -281,7 +287,28 @@ def supported_configs(config: dict, where) -> tuple:
                               f"{decoder.get('pad_token_id')} / {decoder.get('bos_token_id')}")
     if decoder.get("cross_attention_hidden_size") not in (None, decoder["hidden_size"]):
         raise PretrainedError(f"{where}: cross_attention_hidden_size must be unset or the decoder width")
+    if kind == "musicgen_melody" and (config.get("num_chroma", 12) != 12 or not isinstance(config.get("chroma_length"), int)):
+        raise PretrainedError(f"{where}: a melody model needs num_chroma 12 and an integer chroma_length")
     return text, audio, decoder
+
+
+def read_chroma_sizes(folder, sample_rate: int) -> dict:
+    """preprocessor_config.json of a melody model → the chroma's LMConfig fields. Its sampling_rate must be
+    the codec's: our chroma runs on the audio at the codec's rate (the reference resamples to its own)."""
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        raise PretrainedError(f"{path}: missing (a melody model's chroma sizes: sampling_rate, n_fft, hop_length)")
+    try:
+        pre = json.loads(path.read_text(encoding="utf-8"))
+        n_fft, hop, rate = pre["n_fft"], pre["hop_length"], pre["sampling_rate"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PretrainedError(f"{path}: needs JSON with n_fft, hop_length and sampling_rate ({type(e).__name__}: {e})") from None
+    if not all(isinstance(v, int) and v > 0 for v in (n_fft, hop, rate)) or rate != sample_rate:
+        raise PretrainedError(f"{path}: n_fft {n_fft}, hop_length {hop}, sampling_rate {rate}: need positive "
+                              f"integers and the codec's rate {sample_rate}")
+    if pre.get("num_chroma", 12) != 12:
+        raise PretrainedError(f"{path}: num_chroma must be 12, got {pre.get('num_chroma')}")
+    return dict(chroma_n_fft=n_fft, chroma_hop_length=hop)
 
 
 def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
@@ -289,7 +316,8 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
 
     Args:
         folder: a local save_pretrained folder of MusicgenForConditionalGeneration (config.json,
-            weights, tokenizer.json), e.g. facebook/musicgen-small downloaded.
+            weights, tokenizer.json), e.g. facebook/musicgen-small downloaded, or of
+            MusicgenMelodyForConditionalGeneration (facebook/musicgen-melody; also preprocessor_config.json).
         device: where the models go. dtype: the LM's floating dtype (None: float32); the codec and
             the chroma filters stay float32.
     Returns:
@@ -300,7 +328,9 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
     folder = Path(folder)
     if not folder.is_dir():
         raise PretrainedError(f"{folder}: not a folder (expected a MusicGen folder written by save_pretrained)")
-    text, audio, decoder = supported_configs(read_config(folder), folder / "config.json")
+    config = read_config(folder)
+    text, audio, decoder = supported_configs(config, folder / "config.json")
+    melody = config["model_type"] == "musicgen_melody"
     try:
         tokenizer = UnigramTokenizer.from_file(folder / "tokenizer.json")
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -315,21 +345,27 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
         if (codec.n_q, codec.codebook_size) != (decoder["num_codebooks"], decoder["vocab_size"]):
             raise ValueError(f"the codec has {codec.n_q} codebooks of {codec.codebook_size}, the decoder reads "
                              f"{decoder['num_codebooks']} of {decoder['vocab_size']}")
+        # The text model cross-attends to the text and has no melody input; the melody model prepends
+        # both, the chroma frames first (lm.py, "Where each condition enters the decoder").
+        fusions = (dict(text_fusion="prepend", melody_fusion="prepend", **read_chroma_sizes(folder, codec.sample_rate))
+                   if melody else dict(text_fusion="cross", melody_fusion="none"))
         cfg = LMConfig(n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
                        sample_rate=codec.sample_rate, dim=decoder["hidden_size"], n_layers=decoder["num_hidden_layers"],
                        n_heads=decoder["num_attention_heads"], ffn_dim=decoder["ffn_dim"], text_encoder="t5",
                        text_vocab_size=text.get("vocab_size", 32128), text_dim=text.get("d_model", 768),
-                       text_layers=text.get("num_layers", 12), text_heads=text.get("num_heads", 12))
+                       text_layers=text.get("num_layers", 12), text_heads=text.get("num_heads", 12), **fusions)
         if T5Config.from_hf(text) != t5_config(cfg):
             raise ValueError(f"T5 {T5Config.from_hf(text)} is not T5's standard layout {t5_config(cfg)}")
         lm = MusicLM(cfg)
+        if melody and config["chroma_length"] != lm.melody_frames:
+            raise ValueError(f"chroma_length {config['chroma_length']} is not the {lm.melody_frames} chroma frames "
+                             f"of a {cfg.window_seconds:g} s window")
         weights = lm_state_dict_from_hf(sd)
         weights |= {"text_encoder.t5." + k: v for k, v in t5_state_dict_from_hf(sd, prefix="text_encoder.").items()}
         if "text_encoder.projection.weight" not in weights and cfg.text_dim == cfg.dim:
             # Equal widths: the reference has no projection, i.e. the identity (exact: x · 1 + 0).
             weights["text_encoder.projection.weight"] = torch.eye(cfg.dim)
             weights["text_encoder.projection.bias"] = torch.zeros(cfg.dim)
-        weights["melody_projection.weight"] = torch.zeros(cfg.dim, 12)  # no melody input: it adds nothing
         expected = lm.state_dict()
         missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
         misshaped = [k for k in weights.keys() & expected.keys() if weights[k].shape != expected[k].shape]
@@ -338,6 +374,8 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
             raise ValueError(f"missing weight for our {name}" if missing else f"no place for weight {name}" if extra
                              else f"{name} is {tuple(weights[name].shape)}, ours {tuple(expected[name].shape)}")
         lm.load_state_dict(weights)  # every weight of ours filled, no published one left over
+    except PretrainedError:
+        raise
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise PretrainedError(f"{folder}: does not fit our MusicGen ({first_line(error)})") from None
     if dtype is not None:

@@ -56,7 +56,7 @@ def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=
 
     Args:
         lm: lm.MusicLM.
-        text (B, L, D), text_mask (B, L): encoded descriptions; chroma (B, F, 12) (zeros = no melody).
+        text (B, L, D), text_mask (B, L): encoded descriptions; chroma (B, F, 12) or None (no melody).
         n_frames: T, frames to return (prompt included), at most the training window.
         prompt: (B, K, Tp) codes kept verbatim at the start, or None.
         cfg_coef: classifier-free guidance γ (paper: 3); None runs the conditional model alone.
@@ -72,24 +72,25 @@ def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=
     # The pattern places every (k, t) at its step; still-unknown tokens are -1, special ones stay special.
     sequence, _ = lm.pattern.build(codes, lm.special)  # (B, K, T) -> (B, K, S)
     S = sequence.shape[-1]
-    melody = lm.melody_steps(chroma, S)  # (B, S, D)
     if cfg_coef is not None:
         # CFG as one batch of 2B: first half conditional, second half the null condition
-        # (no text: an all-masked cross-attention; no melody: all-zero melody vectors).
+        # (no text: all-zero states, all masked; the null melody: the chroma of silence).
         text = torch.cat([text, torch.zeros_like(text)])
         text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
-        melody = torch.cat([melody, torch.zeros_like(melody)])
+        if chroma is not None:
+            chroma = torch.cat([lm.fit_chroma(chroma), lm.null_chroma.expand(B, -1, -1)])
+    conditions = lm.conditions(text, text_mask, chroma, S)  # prefix (B', P, D), cross text, step melody
     # Steps before the first unknown token are known (start step + prompt): they are fed in one pass.
     unknown_steps = (sequence == unknown).any(dim=(0, 1)).nonzero()
     first = int(unknown_steps[0]) if len(unknown_steps) else S
     cache = KVCache() if use_cache else None
     fed = 0  # steps already inside the cache
     for s in range(first, S):  # predict step s from steps < s
-        begin = fed if use_cache else 0  # with the cache only the new steps are fed
+        begin = fed if use_cache else 0  # with the cache only the new steps (the prefix goes with the first)
         step_input = sequence[..., begin:s]
         if cfg_coef is not None:
             step_input = torch.cat([step_input, step_input])
-        logits = lm(step_input, text, text_mask, melody=melody[:, begin:s], cache=cache)[:, :, -1]  # (B', K, card)
+        logits = lm(step_input, conditions, cache=cache)[:, :, -1]  # (B', K, card)
         fed = s
         if cfg_coef is not None:
             # CFG mix (§3): l = l_null + γ·(l_cond − l_null); γ = 1 is the conditional model alone.

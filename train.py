@@ -83,6 +83,10 @@ TINY_LM = replace(
     start_weight=5.0,            # paper: 1. Why: the first frames teach the words the audio cannot.
     cfg_coef=2.0,                # paper: 3. Why: stronger guidance pushes the tiny LM off its data.
     trim_prompt_lookahead=True,  # paper: False. Why: look-ahead frames say "the note stops here".
+    melody_fusion="sum",         # paper: "prepend". Why: to be measured (NOTES.md).
+    chroma_n_fft=8192,           # paper: 16384 at 32 kHz. Why: the paper's window length at 16 kHz.
+    chroma_hop_length=2048,      # paper: 4096 at 32 kHz. Why: the same 7.8 frames per second at 16 kHz.
+    chroma_gate_silence=True,    # paper: False. Why: a rest is not a played C.
 )
 TINY = Preset(
     codec=TINY_CODEC, lm=TINY_LM,

@@ -145,7 +145,7 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
         chroma = lm.chroma(melody.to(device))  # (B, 1, N) -> (B, F, 12)
         if train:
             descriptions = word_dropout(descriptions, cfg.word_dropout, generator)
-            descriptions, chroma = condition_dropout(descriptions, chroma, generator)
+            descriptions, chroma = condition_dropout(descriptions, chroma, generator, null_chroma=lm.null_chroma)
         ids, mask = tokenizer.encode(descriptions)
         text, text_mask = lm.encode_text(ids.to(device), mask.to(device))
         return text, text_mask, chroma

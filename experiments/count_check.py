@@ -128,7 +128,6 @@ def main():
                   input_codebooks=1 if args.hide_finer else None)  # --hide-finer: read codebook 1 only
     lm = MusicLM(cfg)
     describe = lambda tempo: lm.encode_text((tempo + 2)[:, None], torch.ones(len(tempo), 1, dtype=torch.bool))
-    no_melody = lambda B: torch.zeros(B, lm.melody_frames, 12)
 
     # ---- optimiser and schedule: as train.py's tiny preset (AdamW (0.9, 0.95), weight decay 0.1 on
     # matrices only, lr 2e-3 with 100 warmup steps then cosine, gradient norm clipped at 1) ----
@@ -139,7 +138,7 @@ def main():
             group["lr"] = cosine_lr(step, args.steps, 100, 2e-3)
         codes, tempo, _ = runs_batch(12, args, generator, pitch_tracks)  # (12, K, T)
         text, mask = describe(tempo)
-        loss, per_codebook = lm.train().compute_loss(codes, text, mask, no_melody(12))
+        loss, per_codebook = lm.train().compute_loss(codes, text, mask, None)  # None: the null melody
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -153,7 +152,7 @@ def main():
     text, mask = describe(tempo)
     with torch.no_grad():
         sequence, _ = lm.pattern.build(codes, lm.special)                       # (B, K, T) -> (B, K, S)
-        logits, _ = lm.pattern.revert_logits(lm(sequence, text, mask, melody=lm.melody_steps(no_melody(48), sequence.shape[-1])))
+        logits, _ = lm.pattern.revert_logits(lm(sequence, lm.conditions(text, mask, None, sequence.shape[-1])))
         probs = logits[:, 0].softmax(-1)                                        # (B, T, card): frame t's prediction
     if pitch_tracks is None:
         previous = codes[:, 0, :-1]                                             # (B, T - 1): the token before t
@@ -170,7 +169,7 @@ def main():
 
     # ---- sampled: do the runs keep the half-beat grid? ----
     with torch.no_grad():
-        sampled = generate_codes(lm, text, mask, no_melody(48), T, cfg_coef=1.0, top_k=250,
+        sampled = generate_codes(lm, text, mask, None, T, cfg_coef=1.0, top_k=250,
                                  generator=torch.Generator().manual_seed(args.seed + 2))  # (48, K, T)
     # (Not for codec tokens: they change at every one-frame transition token, so run lengths say little.)
     for t, name in enumerate(TEMPI if not args.codec else ()):

@@ -26,7 +26,7 @@ def tiny_lm(**changes):
     torch.manual_seed(0)
     cfg = LMConfig(**dict(dict(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2,
                                n_heads=2, ffn_dim=64, window_seconds=1.0, text_vocab_size=12, text_dim=16,
-                               text_layers=1, text_heads=2), **changes))
+                               text_layers=1, text_heads=2, chroma_n_fft=8192, chroma_hop_length=2048), **changes))
     return MusicLM(cfg).eval()
 
 
@@ -58,13 +58,15 @@ def test_greedy_and_zero_temperature_take_the_argmax():
 
 
 # ---- classifier-free guidance: the mix and the exact content of the null branch ---------------------
-def test_guidance_mixes_the_two_halves_and_the_null_half_has_no_condition(monkeypatch):
-    lm = tiny_lm()
+@pytest.mark.parametrize("fusions", [dict(melody_fusion="prepend"), dict(melody_fusion="sum"),
+                                     dict(melody_fusion="prepend", text_fusion="prepend")])
+def test_guidance_mixes_the_two_halves_and_the_null_half_has_no_condition(monkeypatch, fusions):
+    lm = tiny_lm(**fusions)
     seen, mixed = [], []
     cond_logits, null_logits = torch.randn(4, 1, CARD), torch.randn(4, 1, CARD)  # (K, S=1, card)
 
-    def fake_forward(sequence, text, text_mask, melody=None, cache=None):
-        seen.append((text.clone(), text_mask.clone(), melody.clone()))
+    def fake_forward(sequence, conditions, cache=None):
+        seen.append(conditions)
         B2, K, S = sequence.shape
         logits = torch.zeros(B2, K, S, CARD)
         logits[:B2 // 2], logits[B2 // 2:] = cond_logits, null_logits  # broadcast over (K, S)
@@ -75,12 +77,21 @@ def test_guidance_mixes_the_two_halves_and_the_null_half_has_no_condition(monkey
         return logits.argmax(-1)
     monkeypatch.setattr(lm, "forward", fake_forward)
     monkeypatch.setattr(sampling, "sample_next_tokens", spy)
-    text = torch.randn(1, 3, 32)
-    chroma = torch.nn.functional.one_hot(torch.arange(lm.melody_frames) % 12, 12).float()[None]
-    generate_codes(lm, text, torch.ones(1, 3, dtype=torch.bool), chroma, n_frames=3, cfg_coef=2.5)
-    text2, mask2, melody2 = seen[0]
-    assert torch.equal(text2[0], text[0]) and mask2[0].all() and melody2[0].abs().sum() > 0  # conditional half
-    assert text2[1].abs().sum() == 0 and not mask2[1].any() and melody2[1].abs().sum() == 0  # null half: nothing
+    text, mask = torch.randn(1, 3, 32), torch.ones(1, 3, dtype=torch.bool)
+    # Pitch classes 1, 2, ...: none is class 0, the null melody's (the chroma of silence)
+    chroma = torch.nn.functional.one_hot((torch.arange(lm.melody_frames) + 1) % 12, 12).float()[None]
+    generate_codes(lm, text, mask, chroma, n_frames=3, cfg_coef=2.5)
+    S = lm.pattern.num_steps(3)
+    given = seen[0]
+    conditional = lm.conditions(text, mask, chroma, S)  # what the conditional half must hold
+    null = lm.conditions(torch.zeros_like(text), torch.zeros_like(mask), None, S)  # no text, the null melody
+    assert not torch.equal(conditional.prefix if conditional.prefix is not None else conditional.steps,
+                           null.prefix if null.prefix is not None else null.steps)  # the melody shows
+    for half, expected in ((slice(0, 1), conditional), (slice(1, 2), null)):
+        for name in ("prefix", "cross", "cross_mask", "steps"):
+            got, want = getattr(given, name), getattr(expected, name)
+            assert (got is None) == (want is None), name
+            assert got is None or torch.equal(got[half], want), name
     assert torch.allclose(mixed[0], (null_logits + 2.5 * (cond_logits - null_logits))[:, 0])  # l_null + γ(l_cond − l_null)
 
 
@@ -127,7 +138,7 @@ def test_each_window_refeeds_the_previous_context_and_reads_the_melody_at_its_of
 
 # ---- the melody: which chroma frame each step reads, and the training crop --------------------------
 def test_each_step_reads_the_chroma_frame_of_its_time():
-    lm = tiny_lm()
+    lm = tiny_lm(melody_fusion="sum")
     F = lm.melody_frames
     chroma = torch.nn.functional.one_hot(torch.arange(F) % 12, 12).float()[None]  # frame f -> class f % 12
     with torch.no_grad():
@@ -204,6 +215,6 @@ def test_a_later_token_never_changes_an_earlier_prediction():
     changed = sequence.clone()
     changed[..., 7:] = (changed[..., 7:] + 1) % CARD
     with torch.no_grad():
-        a, b = lm(sequence, text, mask), lm(changed, text, mask)
+        a, b = lm(sequence, lm.conditions(text, mask)), lm(changed, lm.conditions(text, mask))
     assert torch.allclose(a[..., :7, :], b[..., :7, :], atol=1e-6)
     assert not torch.allclose(a[..., 7:, :], b[..., 7:, :])

@@ -13,25 +13,32 @@ from transformer import Transformer
 CARD = 16  # a tiny codebook keeps the tests fast
 
 
-def tiny_lm(pattern="delay", seed=0, input_codebooks=None):
-    """input_codebooks None (the paper's: every codebook read) by default; the tiny preset reads 1."""
+FUSIONS = [dict(melody_fusion="prepend"), dict(melody_fusion="sum"),
+           dict(melody_fusion="prepend", text_fusion="prepend")]  # the paper's, the tiny's, musicgen-melody's
+
+
+def tiny_lm(pattern="delay", seed=0, input_codebooks=None, **changes):
+    """input_codebooks None (the paper's: every codebook read) by default; the tiny preset reads 1.
+    The paper's fusions (melody prepended, text cross-attended) unless `changes` say otherwise."""
     torch.manual_seed(seed)
     cfg = LMConfig(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2, n_heads=2,
                    ffn_dim=64, pattern=pattern, window_seconds=1.0, text_vocab_size=12, text_dim=16,
-                   text_layers=1, text_heads=2, input_codebooks=input_codebooks)
+                   text_layers=1, text_heads=2, input_codebooks=input_codebooks, chroma_n_fft=8192,
+                   chroma_hop_length=2048, **changes)
     return MusicLM(cfg).eval()
 
 
 def conditions(lm, B=2, null=False):
-    """Encoded text (B, L, D), its mask, and a one-hot chroma (B, F, 12)."""
+    """Encoded text (B, L, D), its mask, and a one-hot chroma (B, F, 12) (null: no text, the null melody)."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, 12, (B, 5), generator=g)
     mask = torch.ones(B, 5, dtype=torch.bool)
     if null:
         mask[:] = False
     text, text_mask = lm.encode_text(ids, mask)
-    chroma = torch.zeros(B, lm.melody_frames, 12)
+    chroma = lm.null_chroma.expand(B, -1, -1).clone()
     if not null:
+        chroma[:] = 0
         chroma[torch.arange(B)[:, None], torch.arange(lm.melody_frames), torch.randint(0, 12, (B, lm.melody_frames), generator=g)] = 1
     return text, text_mask, chroma
 
@@ -58,7 +65,7 @@ def test_loss_weights_the_first_frames_and_reports_the_plain_cross_entropy():
     with torch.no_grad():
         loss, per_codebook = lm.compute_loss(codes, text, mask, chroma)
         sequence, _ = lm.pattern.build(codes, lm.special)
-        logits, valid = lm.pattern.revert_logits(lm(sequence, text, mask, melody=lm.melody_steps(chroma, sequence.shape[-1])))
+        logits, valid = lm.pattern.revert_logits(lm(sequence, lm.conditions(text, mask, chroma, sequence.shape[-1])))
     assert valid.all()
     ce = F.cross_entropy(logits.permute(0, 3, 1, 2), codes, reduction="none")  # (B, K, T)
     weight = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])  # frames 0, 1 weigh 3
@@ -108,20 +115,20 @@ def test_stacked_embedding_tables_equal_k_separate_tables_and_reject_bad_tokens(
     seen = []
     lm.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
-        lm(sequence, text, mask)
-    assert torch.allclose(seen[0], expected, atol=1e-6)
+        lm(sequence, lm.conditions(text, mask))
+    assert torch.allclose(seen[0][:, -6:], expected, atol=1e-6)  # after the melody prefix: the 6 steps
     for bad in (-1, CARD + 1):  # -1 = a still-unknown token fed by mistake; CARD + 1 would read table k + 1
         sequence[0, 1, 2] = bad
         with pytest.raises(ValueError, match="tokens must be in"):
-            lm(sequence, text, mask)
+            lm(sequence, lm.conditions(text, mask))
 
 
 def test_null_condition_gives_finite_logits():
     lm = tiny_lm()
     text, mask, chroma = conditions(lm, null=True)
-    assert not mask.any() and chroma.abs().sum() == 0
+    assert not mask.any() and torch.equal(chroma[:1], lm.null_chroma)
     sequence, _ = lm.pattern.build(random_codes(2, 8), lm.special)
-    logits = lm(sequence, text, mask, melody=lm.melody_steps(chroma, sequence.shape[-1]))
+    logits = lm(sequence, lm.conditions(text, mask, chroma, sequence.shape[-1]))
     assert torch.isfinite(logits).all()
     codes = generate_codes(lm, text, mask, chroma, n_frames=6, cfg_coef=3.0,
                            generator=torch.Generator().manual_seed(0))
@@ -164,14 +171,14 @@ def test_reading_codebook_one_only_ignores_the_finer_inputs():
         other = sequence.clone()
         other[:, 1:] = (other[:, 1:] + 1) % CARD  # new tokens in codebooks 2..4 only
         with torch.no_grad():
-            logits, changed = lm(sequence, text, mask), lm(other, text, mask)
+            logits, changed = lm(sequence, lm.conditions(text, mask)), lm(other, lm.conditions(text, mask))
         assert logits.shape[1] == 4
         assert torch.equal(logits, changed) == ignored
 
 
-@pytest.mark.parametrize("input_codebooks", [4, 1])
-def test_same_seed_same_codes_with_and_without_cache(input_codebooks):
-    lm = tiny_lm(input_codebooks=input_codebooks)
+@pytest.mark.parametrize("input_codebooks, fusions", [(4, f) for f in FUSIONS] + [(1, FUSIONS[0])])
+def test_same_seed_same_codes_with_and_without_cache(input_codebooks, fusions):
+    lm = tiny_lm(input_codebooks=input_codebooks, **fusions)
     text, mask, chroma = conditions(lm)
     runs = [generate_codes(lm, text, mask, chroma, n_frames=20, cfg_coef=3.0, top_k=8, use_cache=use_cache,
                            generator=torch.Generator().manual_seed(7)) for use_cache in (True, True, False)]
@@ -181,13 +188,14 @@ def test_same_seed_same_codes_with_and_without_cache(input_codebooks):
     assert not torch.equal(runs[0], other)
 
 
-@pytest.mark.parametrize("pattern, input_codebooks", [(p, None) for p in PATTERN_NAMES]
-                         + [(p, 1) for p in ("delay", "parallel", "partial-delay")])
-def test_prompt_is_kept_and_continuation_matches_one_pass(pattern, input_codebooks):
+@pytest.mark.parametrize("pattern, input_codebooks, fusions", [(p, None, FUSIONS[0]) for p in PATTERN_NAMES]
+                         + [(p, 1, FUSIONS[0]) for p in ("delay", "parallel", "partial-delay")]
+                         + [("delay", None, f) for f in FUSIONS[1:]])
+def test_prompt_is_kept_and_continuation_matches_one_pass(pattern, input_codebooks, fusions):
     """Greedy decoding is deterministic, so continuing the first frames of a greedy run must give the
     whole run back: this holds only if the prompt is kept verbatim and the continuation's tokens get
-    the positions they had in the single pass."""
-    lm = tiny_lm(pattern, input_codebooks=input_codebooks)
+    the positions they had in the single pass (after the prefix, if any)."""
+    lm = tiny_lm(pattern, input_codebooks=input_codebooks, **fusions)
     text, mask, chroma = conditions(lm)
     full = generate_codes(lm, text, mask, chroma, n_frames=15, use_sampling=False, cfg_coef=3.0)
     prompt = full[..., :6].clone()
@@ -250,10 +258,10 @@ def test_paper_config_decoder_size():
     ("vall-e", [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4]),      # codebook 1 of every frame, then the rest again
 ])
 def test_each_step_reads_the_melody_of_the_frame_it_predicts(pattern, expected):
-    lm = tiny_lm()
+    lm = tiny_lm(melody_fusion="sum")
     lm.pattern = make_pattern(pattern, 4)
     S = lm.pattern.build(random_codes(1, 5), lm.special)[0].shape[-1]
     assert lm.step_frames(S).tolist() == expected
-    # The null melody (all-zero chroma) adds nothing to any step.
+    # An all-zero chroma (gated silence) adds nothing to any step: the "sum" projection has no bias.
     chroma = torch.zeros(1, lm.melody_frames, 12)
     assert lm.melody_steps(chroma, S).abs().sum() == 0

@@ -110,7 +110,7 @@ def test_decoder_logits_match_hf(saved, ours):
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=sequence.reshape(2 * K, -1)).logits
         text, text_mask = ours.lm.encode_text(ids, mask.bool())
-        logits = ours.lm(sequence, text, text_mask)  # (B, K, S, card)
+        logits = ours.lm(sequence, ours.lm.conditions(text, text_mask))  # (B, K, S, card)
     torch.testing.assert_close(logits, expected.view(2, K, 21, CARD), atol=1e-4, rtol=0)
 
 
@@ -228,7 +228,7 @@ def broken_copy(folder, tmp_path, config=None, drop=None):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(model_type="musicgen_melody"), "model_type 'musicgen_melody' is not supported.*chroma"),
+    (lambda c: c.update(model_type="musicgen_stereo"), "model_type 'musicgen_stereo' is not supported"),
     (lambda c: c["decoder"].update(audio_channels=2), "stereo models are not supported"),
     (lambda c: c["decoder"].update(activation_function="relu"), "activation 'relu' is not supported"),
     (lambda c: c["decoder"].pop("ffn_dim"), "decoder needs positive integers ffn_dim"),
@@ -236,7 +236,7 @@ def broken_copy(folder, tmp_path, config=None, drop=None):
     (lambda c: c["text_encoder"].update(feed_forward_proj="gated-gelu"), "is not T5's standard layout"),
     (lambda c: c["audio_encoder"].update(use_causal_conv=True), "use_causal_conv=True is not supported"),
     (lambda c: c.pop("decoder"), "needs the sub-configs"),
-], ids=["melody", "stereo", "activation", "missing-field", "codebooks", "t5-layout", "causal-codec", "no-decoder"])
+], ids=["other-model", "stereo", "activation", "missing-field", "codebooks", "t5-layout", "causal-codec", "no-decoder"])
 def test_unsupported_configs_are_refused_in_one_line(saved, tmp_path, change, message):
     with pytest.raises(PretrainedError, match=message) as error:
         MusicGen.from_pretrained(broken_copy(saved[1], tmp_path, config=change))
