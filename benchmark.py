@@ -3,6 +3,7 @@
     python benchmark.py --run runs/tiny            # a trained run (python train.py)
     python benchmark.py                            # untrained tiny models: same speed, no run needed
     python benchmark.py --pretrained musicgen-small --seconds 1 --rounds 2   # a published MusicGen
+    python benchmark.py --versus --config small --dtype bfloat16   # ours and HF transformers', side by side
 
 Measures, on whatever machine runs it:
 - generation speed with and without the KV cache (pattern steps per second, 10 s of audio, CFG on):
@@ -12,20 +13,32 @@ Measures, on whatever machine runs it:
 - training step times of both stages at the tiny preset's batch shapes.
 With --pretrained (a published MusicGen folder, read by pretrained.py) only the cached generation is
 timed: the load, decoding steps per second (LM alone, codec decoding subtracted) and the real-time factor.
+With --versus: our generation and HF transformers' (the reference), at one config with the same random
+weights, side by side: steps per second, peak memory, the memory-bandwidth floor, and the codec's decoding.
 """
 import argparse
 import json
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 import train
-from train_lm import lm_config_for
 from conditioners import Tokenizer
+from encodec import EncodecConfig, EncodecModel
+from lm import LMConfig, MusicLM
 from losses import ReconstructionLoss
-from lm import MusicLM
 from musicgen import MusicGen
+from pretrained import models_from_hf
+from sampling import generate_codes
 from spectral_codec import build_codec
+from train_lm import lm_config_for
+
+try:  # the reference, for --versus only; never needed to run our code
+    import transformers
+except ImportError:
+    transformers = None
 
 
 def untrained_model() -> MusicGen:
@@ -114,17 +127,199 @@ def time_pretrained(folder, seconds: float, rounds: int, dtype: str = "float32")
                 torch_threads=torch.get_num_threads())
 
 
+# ---- ours versus the reference (HF transformers), same config, same random weights ---------------
+DECODERS = {  # the decoder sizes compared: the tiny preset's LM, and MusicGen-small's (the published config)
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, ffn_dim=512, vocab_size=256),
+    "small": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096, vocab_size=2048),
+}
+TEXT_ENCODERS = {"tiny": dict(d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4),
+                 "small": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)}  # T5-base
+
+
+def reference_and_ours(config: str, dtype):
+    """A random HF MusicgenForConditionalGeneration at `config` (with the 32 kHz EnCodec of the published
+    models) and ours built from its state dict by pretrained.models_from_hf: identical weights. Without
+    transformers installed: reference None, and ours with weights of its own."""
+    torch.manual_seed(0)
+    decoder = DECODERS[config]
+    if transformers is None:
+        t5 = TEXT_ENCODERS[config]
+        codec = EncodecModel(replace(EncodecConfig(), codebook_size=decoder["vocab_size"]))
+        lm = MusicLM(LMConfig(codebook_size=decoder["vocab_size"], dim=decoder["hidden_size"],
+                              n_layers=decoder["num_hidden_layers"], n_heads=decoder["num_attention_heads"],
+                              ffn_dim=decoder["ffn_dim"], melody_fusion="none", text_vocab_size=32128,
+                              text_dim=t5["d_model"], text_layers=t5["num_layers"], text_heads=t5["num_heads"]))
+        return None, codec.eval(), lm.eval().to(dtype)
+    text = transformers.T5Config(vocab_size=32128, feed_forward_proj="relu", **TEXT_ENCODERS[config])
+    audio = transformers.EncodecConfig(sampling_rate=32000, target_bandwidths=[2.2], hidden_size=128, num_filters=64,
+                                       upsampling_ratios=[8, 5, 4, 4], codebook_size=decoder["vocab_size"],
+                                       use_causal_conv=False, use_conv_shortcut=False, normalize=False,
+                                       pad_mode="reflect", compress=2, num_lstm_layers=2)
+    decoder = transformers.MusicgenDecoderConfig(num_codebooks=4, pad_token_id=decoder["vocab_size"],
+                                                 bos_token_id=decoder["vocab_size"], max_position_embeddings=2048,
+                                                 **decoder)
+    reference = transformers.MusicgenForConditionalGeneration(
+        transformers.MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)).eval()
+    with torch.no_grad():
+        for layer in reference.audio_encoder.quantizer.layers:  # HF starts the codebooks at zero
+            layer.codebook.embed.normal_()
+    codec, lm = models_from_hf(reference.config.to_dict(), reference.state_dict())
+    return reference.to(dtype), codec, lm.to(dtype)
+
+
+def resident_bytes(field="VmRSS") -> int:
+    """This process's resident memory (VmRSS) or its peak since the last reset (VmHWM), Linux only."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_bytes(fn) -> int:
+    """Memory `fn` needs beyond what the process already holds: the peak resident size during the
+    call minus the resident size before it (writing 5 to /proc/self/clear_refs resets the peak)."""
+    before = resident_bytes()
+    Path("/proc/self/clear_refs").write_text("5")
+    fn()
+    return resident_bytes("VmHWM") - before
+
+
+def copy_bandwidth(megabytes=512, rounds=5) -> float:
+    """Bytes per second a plain tensor copy reads on this machine (best of `rounds`): the speed limit
+    of a decoding step, which reads every weight once for a batch of two rows."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - began)
+    return source.numel() * 4 / best
+
+
+def weight_bytes_per_step(lm) -> int:
+    """Bytes of the weights one decoding step reads: every decoder weight except the cross-attention's
+    K/V projections (computed once per generation) and the embedding tables (one row each)."""
+    skipped = {id(p) for block in lm.transformer.blocks if block.cross_attention is not None
+               for p in block.cross_attention.to_kv.parameters()}
+    params = [p for p in list(lm.transformer.parameters()) + list(lm.heads.parameters()) if id(p) not in skipped]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def alternate(fns: dict, rounds: int) -> dict:
+    """{name: best seconds of `rounds` calls}, the calls alternating between the names, so that both
+    sides see the same drift of a shared machine's speed."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            began = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - began)
+    return best
+
+
+def time_versus(config: str, dtype_name: str, seconds: float, rounds: int) -> dict:
+    """Ours and the reference generating `seconds` of codes (batch 1, guidance 3, top-k 250, the text
+    encoded inside the timed call, the codec's decoding left out), alternately, best of `rounds`;
+    then the codec decoding 10 s of codes, ours and theirs."""
+    dtype = getattr(torch, dtype_name)
+    reference, codec, lm = reference_and_ours(config, dtype)
+    sides = ("ours",) if reference is None else ("ours", "reference")
+    n_frames = round(seconds * codec.frame_rate)
+    steps = n_frames + lm.cfg.n_q - 1  # the delay pattern's decoding steps
+    ids, mask = torch.randint(0, 32128, (1, 12), generator=torch.Generator().manual_seed(0)), torch.ones(1, 12, dtype=torch.long)
+    silent = type("Decoded", (), {"audio_values": torch.zeros(1, 1, 1)})()
+
+    def ours():
+        text, text_mask = lm.encode_text(ids, mask.bool())
+        generate_codes(lm, text, text_mask, None, n_frames, cfg_coef=3.0, top_k=250,
+                       generator=torch.Generator().manual_seed(0))
+
+    def theirs():
+        decode = reference.audio_encoder.decode
+        reference.audio_encoder.decode = lambda *args, **kwargs: silent  # time the LM alone
+        try:
+            reference.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=250, guidance_scale=3.0,
+                               max_new_tokens=steps)
+        finally:
+            reference.audio_encoder.decode = decode
+    codes = torch.randint(0, codec.codebook_size, (1, codec.n_q, round(10 * codec.frame_rate)))
+    generation = dict(ours=ours, reference=theirs)
+    decoding = dict(ours=lambda: codec.decode(codes), reference=lambda: reference.audio_encoder.decode(codes[None], [None]))
+    with torch.inference_mode():
+        best = alternate({name: generation[name] for name in sides}, rounds)
+        peak = {name: peak_extra_bytes(generation[name]) for name in sides}
+        decode = alternate({name: decoding[name] for name in sides}, rounds)
+    bandwidth, weights = copy_bandwidth(), weight_bytes_per_step(lm)
+    result = dict(config=config, dtype=dtype_name, steps=steps, torch_threads=torch.get_num_threads(),
+                  reference="HF transformers " + transformers.__version__ if transformers else "not installed")
+    for name in sides:
+        result[f"{name}_steps_per_second"] = steps / best[name]
+        result[f"{name}_peak_extra_mb"] = peak[name] / 2**20
+        result[f"{name}_codec_decode_10s_seconds"] = decode[name]
+    if reference is not None:
+        result["steps_ratio"] = best["reference"] / best["ours"]
+        result["codec_decode_ratio"] = decode["reference"] / decode["ours"]
+    result["weights_mb_read_per_step"] = weights / 2**20
+    result["copy_gb_per_second"] = bandwidth / 1e9
+    result["floor_steps_per_second"] = bandwidth / weights  # if a step cost nothing but reading its weights
+    return result
+
+
+def bfloat16_agreement(model: MusicGen, seconds: float = 4.0) -> dict:
+    """How far the LM in bfloat16 strays from float32: greedy decoding (guidance on) of the same
+    descriptions in both, the first pattern step where their tokens differ; and the mean log-likelihood
+    per token that each gives to the float32 codes (teacher forcing), their difference."""
+    descriptions = ["a cheerful fast tune on a plucked guitar with drums", "a sad slow piece for strings"]
+    model.set_generation_params(duration=seconds, use_sampling=False)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model.lm.to(dtype)
+        decoded = []
+        model.codec.decode, decode = (lambda codes: decoded.append(codes) or torch.zeros(1)), model.codec.decode
+        try:
+            model.generate(descriptions)
+        finally:
+            model.codec.decode = decode
+        results[dtype] = decoded[0]
+    model.lm.float()
+    codes32, codes16 = results[torch.float32], results[torch.bfloat16]
+    sequences = [model.lm.pattern.build(c, model.lm.special)[0] for c in (codes32, codes16)]  # (B, K, S) each
+    differs = (sequences[0] != sequences[1]).any(dim=(0, 1)).nonzero()
+    ids, mask = model.tokenizer.encode(descriptions)
+    likelihood = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            model.lm.to(dtype)
+            text, text_mask = model.lm.encode_text(ids, mask)
+            _, per_codebook = model.lm.compute_loss(codes32, text, text_mask, None)
+            likelihood[dtype] = -float(per_codebook.float().mean())
+    model.lm.float()
+    return dict(agreement_seconds=seconds, pattern_steps=sequences[0].shape[-1],
+                first_differing_step=int(differs[0]) if len(differs) else None,
+                log_likelihood_float32=likelihood[torch.float32], log_likelihood_bfloat16=likelihood[torch.bfloat16],
+                log_likelihood_difference=likelihood[torch.bfloat16] - likelihood[torch.float32])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Speed benchmarks (KV cache, real-time factor, step times).")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run", help="run directory from train.py (default: untrained tiny models)")
     source.add_argument("--pretrained", metavar="FOLDER", help="a published MusicGen folder: its generation only")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="with --pretrained: the LM's dtype")
+    source.add_argument("--versus", action="store_true", help="ours and HF transformers' side by side (--config)")
+    p.add_argument("--config", choices=sorted(DECODERS), default="tiny", help="with --versus: the decoder size")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="with --pretrained or --versus: the LM's dtype")
     p.add_argument("--seconds", type=float, default=10.0, help="audio to generate (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="timing rounds, best kept (default 5)")
+    p.add_argument("--agreement", action="store_true", help="also compare the LM in bfloat16 with float32")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    if args.pretrained:
+    if args.versus and transformers is None:
+        print("HF transformers is not installed (pip install -r requirements-dev.txt): measuring ours alone")
+    if args.versus:
+        result = time_versus(args.config, args.dtype, args.seconds, args.rounds)
+    elif args.pretrained:
         result = time_pretrained(args.pretrained, args.seconds, args.rounds, args.dtype)
     else:
         model = MusicGen.load(args.run) if args.run else untrained_model()
@@ -136,6 +331,8 @@ def main(argv=None):
                       kv_cache_speedup=uncached / cached, real_time_factor=cached / args.seconds,
                       torch_threads=torch.get_num_threads())
         result.update(time_training_steps(train.TINY))
+        if args.agreement:
+            result.update(bfloat16_agreement(model))
     for key, value in result.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     if args.json:

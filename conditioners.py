@@ -174,9 +174,10 @@ class ChromaExtractor(nn.Module):
         self.hop_length = hop_length or self.n_fft // 4
         self.frame_rate = sample_rate / self.hop_length
         self.argmax, self.gate_silence = argmax, gate_silence
+        # Plain float32 tensors, not buffers: a model cast to bfloat16 (`.to(dtype)`) keeps them exact.
+        # They follow the audio's device when used.
         window = torch.hann_window(self.n_fft)  # periodic, as torch.stft and torchaudio expect
-        self.register_buffer("window", window, persistent=False)
-        self.register_buffer("filterbank", chroma_filterbank(sample_rate, self.n_fft), persistent=False)
+        self.window, self.filterbank = window, chroma_filterbank(sample_rate, self.n_fft)
         # Silence threshold on the chroma's maximum. A sine of amplitude A at a bin's frequency peaks at
         # |X| = A·Σw/2 = A·n_fft/4 (Hann: Σw = n_fft/2), i.e. a normalised power (A·n_fft/4)² / Σw²
         # = A²·n_fft/6 (Σw² = 3·n_fft/8). The filter bank weighs a bin at a note's pitch by ~0.98 times
@@ -194,10 +195,10 @@ class ChromaExtractor(nn.Module):
         if mono.shape[-1] < self.n_fft:  # centred zero padding, as the reference
             pad = self.n_fft - mono.shape[-1]
             mono = torch.nn.functional.pad(mono, (pad // 2, pad // 2 + pad % 2))
-        window = self.window.float()
+        window = self.window.to(mono.device)
         spec = torch.stft(mono, self.n_fft, self.hop_length, window=window, center=True, pad_mode="reflect",
                           return_complex=True).abs() ** 2 / window.pow(2).sum()  # (B, N) -> (B, n_bins, F)
-        chroma = torch.einsum("cf,bft->btc", self.filterbank.float(), spec)  # (B, n_bins, F) -> (B, F, 12)
+        chroma = torch.einsum("cf,bft->btc", self.filterbank.to(mono.device), spec)  # (B, n_bins, F) -> (B, F, 12)
         peak = chroma.amax(dim=-1, keepdim=True)  # (B, F, 1): the inf-norm, as chroma ≥ 0
         chroma = chroma / peak.clamp(min=1e-6)  # max-normalise each frame
         if self.argmax:  # keep the dominant bin; ties (a silent frame) go to the first class, C

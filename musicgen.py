@@ -48,11 +48,21 @@ class MusicGen:
         self.set_generation_params()
 
     @classmethod
-    def load(cls, run_dir, device="cpu"):
-        """Rebuild everything from `run_dir/codec.pt` and `run_dir/lm.pt` (weights_only loads)."""
+    def load(cls, run_dir, device="cpu", dtype=None):
+        """Rebuild everything from `run_dir/codec.pt` and `run_dir/lm.pt` (weights_only loads); dtype:
+        the LM's (e.g. torch.bfloat16; None keeps float32), see `to`."""
         codec, _ = load_codec(Path(run_dir) / "codec.pt")
         lm, tokenizer, _ = load_lm(Path(run_dir) / "lm.pt")
-        return cls(codec.to(device), lm.to(device), tokenizer)
+        return cls(codec, lm, tokenizer).to(device, dtype)
+
+    def to(self, device=None, dtype=None):
+        """Move both models to `device`; cast the LM to `dtype` (bfloat16 halves the bytes a decoding
+        step reads). The codec stays float32: its spectra and its output audio want the precision, and
+        it runs once per generation, not once per step. Returns self."""
+        self.lm.to(device=device, dtype=dtype)
+        self.codec.to(device=device)
+        self.device = next(self.lm.parameters()).device
+        return self
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", dtype=None):
@@ -112,8 +122,12 @@ class MusicGen:
         if n_prompt < 1:
             raise ValueError(f"the prompt is shorter than {self.min_prompt_seconds:.2f} s: the codec's "
                              f"encoder looks {lookahead} frames ahead, so at least {lookahead + 1} frames are needed")
-        codes = self.codec.encode(wav.to(self.device))[..., :n_prompt]  # (B, 1, N) -> (B, K, Tp)
+        codes = self.codec.encode(wav.to(self.device, self.codec_dtype))[..., :n_prompt]  # (B, 1, N) -> (B, K, Tp)
         return self._generate(descriptions, prompt=codes)
+
+    @property
+    def codec_dtype(self) -> torch.dtype:
+        return next(self.codec.parameters()).dtype
 
     @property
     def min_prompt_seconds(self) -> float:
@@ -154,7 +168,7 @@ class MusicGen:
             codes = torch.cat([codes[..., :start], new], dim=-1)
             if codes.shape[-1] >= total:
                 break
-        return self.codec.decode(codes)  # (B, K, T) -> (B, 1, T · hop)
+        return self.codec.decode(codes).float()  # (B, K, T) -> (B, 1, T · hop), float32 whatever the codec's dtype
 
     def _melody_chroma(self, melody, start_frame: int):
         """Chroma (B, F', 12) of the melody over the window starting at `start_frame`, or None (the null

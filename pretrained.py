@@ -329,16 +329,25 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
     if not folder.is_dir():
         raise PretrainedError(f"{folder}: not a folder (expected a MusicGen folder written by save_pretrained)")
     config = read_config(folder)
-    text, audio, decoder = supported_configs(config, folder / "config.json")
-    melody = config["model_type"] == "musicgen_melody"
+    _, audio, _ = supported_configs(config, folder / "config.json")
+    chroma_sizes = (read_chroma_sizes(folder, audio.get("sampling_rate")) if config["model_type"] == "musicgen_melody"
+                    else None)
     try:
         tokenizer = UnigramTokenizer.from_file(folder / "tokenizer.json")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise PretrainedError(f"{folder / 'tokenizer.json'}: cannot read T5's tokenizer ({first_line(error)})") from None
-    sd = read_state_dict(folder)
+    codec, lm = models_from_hf(config, read_state_dict(folder), chroma_sizes, where=folder)
+    return codec.to(device).eval(), lm.to(device, dtype).eval(), tokenizer  # the chroma's filters stay float32
+
+
+def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -> tuple:
+    """HF's config dict and state dict (from a folder, or from a model in memory: benchmark.py) → our
+    (codec, lm) in float32. chroma_sizes: read_chroma_sizes' dict, for a melody model."""
+    text, audio, decoder = supported_configs(config, where)
+    melody = config["model_type"] == "musicgen_melody"
     unknown = [key for key in sd if not key.startswith(PREFIXES)]
     if unknown:
-        raise PretrainedError(f"{folder}: unexpected weight {unknown[0]!r} (not text_encoder, audio_encoder or decoder)")
+        raise PretrainedError(f"{where}: unexpected weight {unknown[0]!r} (not text_encoder, audio_encoder or decoder)")
     try:
         codec = EncodecModel.from_hf(audio, {k[len("audio_encoder."):]: v for k, v in sd.items()
                                              if k.startswith("audio_encoder.")})
@@ -347,7 +356,7 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
                              f"{decoder['num_codebooks']} of {decoder['vocab_size']}")
         # The text model cross-attends to the text and has no melody input; the melody model prepends
         # both, the chroma frames first (lm.py, "Where each condition enters the decoder").
-        fusions = (dict(text_fusion="prepend", melody_fusion="prepend", **read_chroma_sizes(folder, codec.sample_rate))
+        fusions = (dict(text_fusion="prepend", melody_fusion="prepend", **chroma_sizes)
                    if melody else dict(text_fusion="cross", melody_fusion="none"))
         cfg = LMConfig(n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
                        sample_rate=codec.sample_rate, dim=decoder["hidden_size"], n_layers=decoder["num_hidden_layers"],
@@ -377,11 +386,8 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
     except PretrainedError:
         raise
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise PretrainedError(f"{folder}: does not fit our MusicGen ({first_line(error)})") from None
-    if dtype is not None:
-        lm = lm.to(dtype)
-        lm.chroma.float()  # the chroma's STFT filters stay float32
-    return codec.to(device).eval(), lm.to(device).eval(), tokenizer
+        raise PretrainedError(f"{where}: does not fit our MusicGen ({first_line(error)})") from None
+    return codec.eval(), lm.eval()
 
 
 def first_line(error: Exception) -> str:

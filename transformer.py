@@ -362,3 +362,15 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, condition, condition_mask, padding_mask, None if cache is None else cache.layers[i])
         return self.norm_out(x)
+
+
+def store_k_major(module: nn.Module) -> nn.Module:
+    """Keep every nn.Linear weight (out, in) with the same shape and values, but stored transposed in
+    memory ("K-major": for each input feature, its column of the weight is contiguous). F.linear
+    computes x @ W^T, and W^T is then a plain row-major matrix: a decoding step multiplies it by two rows
+    (guidance's batch of 2), and on a CPU that product reads a row-major W^T faster than a transposed
+    one (NOTES.md, "Decoding at the real size"). A layout change only: outputs are the same. Returns module."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            layer.weight.data = layer.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
+    return module

@@ -76,14 +76,24 @@ def test_a_codec_and_lm_that_disagree_are_refused(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_a_half_precision_lm_generates_through_the_public_api(tmp_path, dtype):
-    """The LM cast to bfloat16 / float16 (the codec and the chroma stay float32: their STFTs need it)
-    generates by text, melody and continuation without any hand-casting, and its sampler's generator
-    follows the model's device."""
+@pytest.mark.parametrize("dtype, cast", [(torch.bfloat16, "lm.to"), (torch.float16, "lm.to"),
+                                         (torch.bfloat16, "load"), (torch.bfloat16, "MusicGen.to")])
+def test_a_half_precision_lm_generates_through_the_public_api(tmp_path, dtype, cast):
+    """The LM cast to bfloat16 / float16 however the user asks (the LM alone, `MusicGen.load(dtype=)`,
+    `MusicGen.to(dtype=)`) generates by text, melody and continuation without any hand-casting and
+    returns float32 audio; the codec and the chroma's filters stay float32 (their STFTs need it), so the
+    chroma is exactly the float32 model's."""
     micro_run(tmp_path)
-    model = MusicGen.load(tmp_path)
-    model.lm.to(dtype)
+    reference_chroma = MusicGen.load(tmp_path).lm.chroma
+    if cast == "load":
+        model = MusicGen.load(tmp_path, dtype=dtype)
+    elif cast == "MusicGen.to":
+        model = MusicGen.load(tmp_path).to(dtype=dtype)
+    else:
+        model = MusicGen.load(tmp_path)
+        model.lm.to(dtype)
+    assert next(model.lm.transformer.parameters()).dtype == dtype
+    assert next(model.codec.parameters()).dtype == torch.float32
     model.set_generation_params(duration=0.3)
     torch.manual_seed(0)
     outputs = [model.generate(["a sad tune"]),
@@ -91,4 +101,7 @@ def test_a_half_precision_lm_generates_through_the_public_api(tmp_path, dtype):
                model.generate_continuation(0.1 * torch.randn(1, 1, 8000), 16000, ["a tune"])]
     for wav in outputs:
         assert wav.dtype == torch.float32 and wav.shape[-1] > 0 and torch.isfinite(wav).all()
-    assert model.lm.chroma(torch.randn(1, 1, 16000)).dtype == torch.float32
+    melody = torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(0))
+    model.lm.chroma.argmax = reference_chroma.argmax = False  # the raw chroma shows a rounded filter
+    assert model.lm.chroma(melody).dtype == torch.float32
+    assert torch.equal(model.lm.chroma(melody), reference_chroma(melody))
