@@ -83,7 +83,7 @@ TINY_LM = replace(
     start_weight=5.0,            # paper: 1. Why: the first frames teach the words the audio cannot.
     cfg_coef=2.0,                # paper: 3. Why: stronger guidance pushes the tiny LM off its data.
     trim_prompt_lookahead=True,  # paper: False. Why: look-ahead frames say "the note stops here".
-    melody_fusion="sum",         # paper: "prepend". Why: to be measured (NOTES.md).
+    melody_fusion="sum",         # paper: "prepend". Why: prepended, the tiny LM missed the alignment.
     chroma_n_fft=8192,           # paper: 16384 at 32 kHz. Why: the paper's window length at 16 kHz.
     chroma_hop_length=2048,      # paper: 4096 at 32 kHz. Why: the same 7.8 frames per second at 16 kHz.
     chroma_gate_silence=True,    # paper: False. Why: a rest is not a played C.
@@ -164,6 +164,9 @@ def parse_args(argv=None):
                    help="codebook interleaving pattern of the LM (paper §2.2; default delay)")
     p.add_argument("--input-codebooks", choices=["all", "1", "2", "3", "4"],
                    help="codebooks the LM reads: a number, or 'all' (the paper); default: the preset's (tiny: 1)")
+    p.add_argument("--melody-fusion", choices=["prepend", "sum"],
+                   help="how the LM reads the melody: prepended chroma frames (the paper) or added to each step; "
+                        "default: the preset's")
     p.add_argument("--max-steps", type=int, help="override the preset's steps for the chosen stage(s)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size for the chosen stage(s)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate for the chosen stage(s)")
@@ -190,6 +193,8 @@ def main(argv=None):
     if args.input_codebooks is not None:
         overrides["lm"] = replace(preset.lm, input_codebooks=None if args.input_codebooks == "all"
                                   else int(args.input_codebooks))
+    if args.melody_fusion is not None:
+        overrides["lm"] = replace(overrides.get("lm", preset.lm), melody_fusion=args.melody_fusion)
     preset = replace(preset, **overrides)
     if args.stage in ("lm", "all"):  # a pattern the LM could not read fails now, not after the codec stage
         try:
