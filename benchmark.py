@@ -17,7 +17,12 @@ With --versus: our generation and HF transformers' (the reference), at one confi
 weights, side by side: steps per second, peak memory, the memory-bandwidth floor, and the codec's decoding.
 """
 import argparse
+import importlib
+import importlib.util
 import json
+import math
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,10 +40,8 @@ from sampling import generate_codes
 from spectral_codec import build_codec
 from train_lm import lm_config_for
 
-try:  # the reference, for --versus only; never needed to run our code
-    import transformers
-except ImportError:
-    transformers = None
+# The reference (HF transformers, a test-only dependency), for --versus only; never needed to run our code.
+transformers = importlib.import_module("transformers") if importlib.util.find_spec("transformers") else None
 
 
 def untrained_model() -> MusicGen:
@@ -136,23 +139,28 @@ TEXT_ENCODERS = {"tiny": dict(d_model=128, d_kv=32, d_ff=512, num_layers=2, num_
                  "small": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)}  # T5-base
 
 
-def reference_and_ours(config: str, dtype):
-    """A random HF MusicgenForConditionalGeneration at `config` (with the 32 kHz EnCodec of the published
-    models) and ours built from its state dict by pretrained.models_from_hf: identical weights. Without
-    transformers installed: reference None, and ours with weights of its own."""
+def ours_alone(config: str, dtype):
+    """Ours at `config` with weights of its own (random, no reference needed): the sizes, hence the
+    speed and memory, of reference_and_ours' model."""
+    torch.manual_seed(0)
+    decoder, t5 = DECODERS[config], TEXT_ENCODERS[config]
+    codec = EncodecModel(replace(EncodecConfig(), codebook_size=decoder["vocab_size"]))
+    lm = MusicLM(LMConfig(codebook_size=decoder["vocab_size"], dim=decoder["hidden_size"],
+                          n_layers=decoder["num_hidden_layers"], n_heads=decoder["num_attention_heads"],
+                          ffn_dim=decoder["ffn_dim"], melody_fusion="none", text_vocab_size=32128,
+                          text_dim=t5["d_model"], text_layers=t5["num_layers"], text_heads=t5["num_heads"]))
+    return codec.eval(), lm.eval().to(dtype)
+
+
+def reference_model(config: str, dtype):
+    """A random HF MusicgenForConditionalGeneration at `config`, with the 32 kHz EnCodec of the published
+    models (its codebooks random: HF starts them at zero)."""
     torch.manual_seed(0)
     decoder = DECODERS[config]
-    if transformers is None:
-        t5 = TEXT_ENCODERS[config]
-        codec = EncodecModel(replace(EncodecConfig(), codebook_size=decoder["vocab_size"]))
-        lm = MusicLM(LMConfig(codebook_size=decoder["vocab_size"], dim=decoder["hidden_size"],
-                              n_layers=decoder["num_hidden_layers"], n_heads=decoder["num_attention_heads"],
-                              ffn_dim=decoder["ffn_dim"], melody_fusion="none", text_vocab_size=32128,
-                              text_dim=t5["d_model"], text_layers=t5["num_layers"], text_heads=t5["num_heads"]))
-        return None, codec.eval(), lm.eval().to(dtype)
     text = transformers.T5Config(vocab_size=32128, feed_forward_proj="relu", **TEXT_ENCODERS[config])
-    audio = transformers.EncodecConfig(sampling_rate=32000, target_bandwidths=[2.2], hidden_size=128, num_filters=64,
-                                       upsampling_ratios=[8, 5, 4, 4], codebook_size=decoder["vocab_size"],
+    bandwidth = 4 * math.log2(decoder["vocab_size"]) * 50 / 1000  # kbps of 4 codebooks at 50 Hz: HF derives K from it
+    audio = transformers.EncodecConfig(sampling_rate=32000, target_bandwidths=[bandwidth], hidden_size=128,
+                                       num_filters=64, upsampling_ratios=[8, 5, 4, 4], codebook_size=decoder["vocab_size"],
                                        use_causal_conv=False, use_conv_shortcut=False, normalize=False,
                                        pad_mode="reflect", compress=2, num_lstm_layers=2)
     decoder = transformers.MusicgenDecoderConfig(num_codebooks=4, pad_token_id=decoder["vocab_size"],
@@ -161,10 +169,57 @@ def reference_and_ours(config: str, dtype):
     reference = transformers.MusicgenForConditionalGeneration(
         transformers.MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)).eval()
     with torch.no_grad():
-        for layer in reference.audio_encoder.quantizer.layers:  # HF starts the codebooks at zero
+        for layer in reference.audio_encoder.quantizer.layers:
             layer.codebook.embed.normal_()
+    return reference.to(dtype)
+
+
+def reference_and_ours(config: str, dtype):
+    """The reference and ours built from its state dict by pretrained.models_from_hf: identical weights.
+    Without transformers installed: reference None, and ours alone."""
+    if transformers is None:
+        return (None, *ours_alone(config, dtype))
+    reference = reference_model(config, torch.float32)
     codec, lm = models_from_hf(reference.config.to_dict(), reference.state_dict())
     return reference.to(dtype), codec, lm.to(dtype)
+
+
+def generation(reference, lm, seconds: float) -> dict:
+    """{side: a call generating `seconds` of codes}: batch 1, guidance 3, top-k 250, the text encoded
+    inside the call, the codec's decoding left out. And the decoding steps it takes."""
+    n_frames = round(seconds * 50)
+    steps = n_frames + 4 - 1  # the delay pattern's decoding steps
+    ids, mask = torch.randint(0, 32128, (1, 12), generator=torch.Generator().manual_seed(0)), torch.ones(1, 12, dtype=torch.long)
+    silent = type("Decoded", (), {"audio_values": torch.zeros(1, 1, 1)})()
+    fns = {}
+    if lm is not None:
+        def ours():
+            text, text_mask = lm.encode_text(ids, mask.bool())
+            generate_codes(lm, text, text_mask, None, n_frames, cfg_coef=3.0, top_k=250,
+                           generator=torch.Generator().manual_seed(0))
+        fns["ours"] = ours
+    if reference is not None:
+        def theirs():
+            decode = reference.audio_encoder.decode
+            reference.audio_encoder.decode = lambda *args, **kwargs: silent  # time the LM alone
+            try:
+                reference.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=250, guidance_scale=3.0,
+                                   max_new_tokens=steps)
+            finally:
+                reference.audio_encoder.decode = decode
+        fns["reference"] = theirs
+    return fns, steps
+
+
+def memory_of(side: str, config: str, dtype_name: str, seconds: float) -> float:
+    """In a fresh process: build one side alone, generate, and return the process's peak resident MB
+    (the framework, the weights and the generation, as a user's process would hold them)."""
+    dtype = getattr(torch, dtype_name)
+    reference, lm = (reference_model(config, dtype), None) if side == "reference" else (None, ours_alone(config, dtype)[1])
+    fns, _ = generation(reference, lm, seconds)
+    with torch.inference_mode():
+        fns[side]()
+    return resident_bytes("VmHWM") / 2**20
 
 
 def resident_bytes(field="VmRSS") -> int:
@@ -175,20 +230,11 @@ def resident_bytes(field="VmRSS") -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def peak_extra_bytes(fn) -> int:
-    """Memory `fn` needs beyond what the process already holds: the peak resident size during the
-    call minus the resident size before it (writing 5 to /proc/self/clear_refs resets the peak)."""
-    before = resident_bytes()
-    Path("/proc/self/clear_refs").write_text("5")
-    fn()
-    return resident_bytes("VmHWM") - before
-
-
 def copy_bandwidth(megabytes=512, rounds=5) -> float:
     """Bytes per second a plain tensor copy reads on this machine (best of `rounds`): the speed limit
     of a decoding step, which reads every weight once for a batch of two rows."""
     source = torch.ones(megabytes * 2**20 // 4)
-    target = torch.empty_like(source)
+    target = torch.zeros_like(source)  # touched: the first write to fresh pages would time the page faults
     best = float("inf")
     for _ in range(rounds):
         began = time.perf_counter()
@@ -219,45 +265,30 @@ def alternate(fns: dict, rounds: int) -> dict:
 
 
 def time_versus(config: str, dtype_name: str, seconds: float, rounds: int) -> dict:
-    """Ours and the reference generating `seconds` of codes (batch 1, guidance 3, top-k 250, the text
-    encoded inside the timed call, the codec's decoding left out), alternately, best of `rounds`;
-    then the codec decoding 10 s of codes, ours and theirs."""
+    """Ours and the reference generating `seconds` of codes (see `generation`), alternately, best of
+    `rounds`; the peak memory of each in a process of its own; the codec decoding 10 s of codes."""
     dtype = getattr(torch, dtype_name)
     reference, codec, lm = reference_and_ours(config, dtype)
-    sides = ("ours",) if reference is None else ("ours", "reference")
-    n_frames = round(seconds * codec.frame_rate)
-    steps = n_frames + lm.cfg.n_q - 1  # the delay pattern's decoding steps
-    ids, mask = torch.randint(0, 32128, (1, 12), generator=torch.Generator().manual_seed(0)), torch.ones(1, 12, dtype=torch.long)
-    silent = type("Decoded", (), {"audio_values": torch.zeros(1, 1, 1)})()
-
-    def ours():
-        text, text_mask = lm.encode_text(ids, mask.bool())
-        generate_codes(lm, text, text_mask, None, n_frames, cfg_coef=3.0, top_k=250,
-                       generator=torch.Generator().manual_seed(0))
-
-    def theirs():
-        decode = reference.audio_encoder.decode
-        reference.audio_encoder.decode = lambda *args, **kwargs: silent  # time the LM alone
-        try:
-            reference.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=250, guidance_scale=3.0,
-                               max_new_tokens=steps)
-        finally:
-            reference.audio_encoder.decode = decode
+    fns, steps = generation(reference, lm, seconds)
     codes = torch.randint(0, codec.codebook_size, (1, codec.n_q, round(10 * codec.frame_rate)))
-    generation = dict(ours=ours, reference=theirs)
     decoding = dict(ours=lambda: codec.decode(codes), reference=lambda: reference.audio_encoder.decode(codes[None], [None]))
     with torch.inference_mode():
-        best = alternate({name: generation[name] for name in sides}, rounds)
-        peak = {name: peak_extra_bytes(generation[name]) for name in sides}
-        decode = alternate({name: decoding[name] for name in sides}, rounds)
+        best = alternate(fns, rounds)
+        if reference is not None:
+            reference.audio_encoder.float()  # both codecs decode in float32 (ours stays float32 in MusicGen.to)
+        decode = alternate({name: decoding[name] for name in fns}, rounds)
     bandwidth, weights = copy_bandwidth(), weight_bytes_per_step(lm)
+    del reference, codec, lm
     result = dict(config=config, dtype=dtype_name, steps=steps, torch_threads=torch.get_num_threads(),
                   reference="HF transformers " + transformers.__version__ if transformers else "not installed")
-    for name in sides:
+    for name in fns:
+        command = [sys.executable, __file__, "--memory-of", name, "--config", config, "--dtype", dtype_name,
+                   "--seconds", str(seconds)]
+        peak = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         result[f"{name}_steps_per_second"] = steps / best[name]
-        result[f"{name}_peak_extra_mb"] = peak[name] / 2**20
+        result[f"{name}_peak_mb"] = float(peak)
         result[f"{name}_codec_decode_10s_seconds"] = decode[name]
-    if reference is not None:
+    if "reference" in fns:
         result["steps_ratio"] = best["reference"] / best["ours"]
         result["codec_decode_ratio"] = decode["reference"] / decode["ours"]
     result["weights_mb_read_per_step"] = weights / 2**20
@@ -307,6 +338,7 @@ def main(argv=None):
     source.add_argument("--run", help="run directory from train.py (default: untrained tiny models)")
     source.add_argument("--pretrained", metavar="FOLDER", help="a published MusicGen folder: its generation only")
     source.add_argument("--versus", action="store_true", help="ours and HF transformers' side by side (--config)")
+    source.add_argument("--memory-of", choices=["ours", "reference"], help=argparse.SUPPRESS)  # --versus' subprocess
     p.add_argument("--config", choices=sorted(DECODERS), default="tiny", help="with --versus: the decoder size")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="with --pretrained or --versus: the LM's dtype")
@@ -317,6 +349,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.versus and transformers is None:
         print("HF transformers is not installed (pip install -r requirements-dev.txt): measuring ours alone")
+    if args.memory_of:
+        print(memory_of(args.memory_of, args.config, args.dtype, args.seconds))
+        return
     if args.versus:
         result = time_versus(args.config, args.dtype, args.seconds, args.rounds)
     elif args.pretrained:

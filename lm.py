@@ -44,7 +44,7 @@ from conditioners import TextEncoder, Tokenizer, ChromaExtractor
 from encodec import read_checkpoint
 from patterns import make_pattern
 from t5 import T5Config, T5Encoder
-from transformer import Transformer
+from transformer import Linear, Transformer
 
 TEXT_ENCODERS = ("t5", "scratch")
 TEXT_FUSIONS = ("cross", "prepend")
@@ -204,7 +204,7 @@ class MusicLM(nn.Module):
         # One linear head per codebook, predicting its codebook_size real entries (never the special
         # token). The K heads are stored as one (K·card, D) matrix, head k being rows k·card..(k+1)·card:
         # one matmul per step instead of K (decoding a step on a CPU is mostly per-call overhead).
-        self.heads = nn.Linear(cfg.dim, cfg.n_q * cfg.codebook_size, bias=False)
+        self.heads = Linear(cfg.dim, cfg.n_q * cfg.codebook_size, bias=False)
 
     # ---- conditions --------------------------------------------------------------------------------
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor):

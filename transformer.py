@@ -84,6 +84,10 @@ def attention(q, k, v, mask=None, is_causal=False, impl=None):
         (B, H, Sq, Dh). A query row with no key to attend to returns exactly zeros.
     """
     impl = ATTENTION if impl is None else impl
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        # A CPU without bfloat16 arithmetic (AVX2) runs torch's half-precision attention ~10× slower
+        # than float32's: the scores are computed in float32 and the output cast back.
+        return attention(q.float(), k.float(), v.float(), mask, is_causal, impl).to(q.dtype)
     if is_causal:
         if mask is not None or q.shape[2] != k.shape[2]:
             raise ValueError("is_causal is for square attention without a mask; pass causal_mask() instead")
@@ -116,6 +120,24 @@ def attention(q, k, v, mask=None, is_causal=False, impl=None):
     return out
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same weight, same state-dict names), computing y = x·Wᵀ as (W·xᵀ)ᵀ when x holds at
+    most 4 rows in float32 and W is large: a decoding step of a real-size model, 2 rows with guidance.
+    Same maths; such a step reads every weight once, and on a CPU a row-major W streams faster through
+    W·xᵀ than through x·Wᵀ: 1.4× per step at musicgen-small's size
+    (NOTES.md, "Decoding at the real size"). Small weights (the tiny LM: per-call cost dominates),
+    bfloat16 and training batches gain nothing from it and take nn.Linear's path."""
+
+    def forward(self, x):
+        if x.dtype != torch.float32 or x.numel() > 4 * self.in_features or self.weight.numel() < 2**20:
+            return super().forward(x)
+        rows = x.reshape(-1, self.in_features)              # (..., in) -> (R, in), R ≤ 4
+        y = torch.mm(self.weight, rows.t()).t()             # (out, in) @ (in, R) -> (out, R) -> (R, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)  # (R, out) -> (..., out)
+
+
 class MultiHeadAttention(nn.Module):
     """Projections around `attention`: Q from the queries' stream, K/V from a source (itself or the
     condition), H heads of width Dh = D / H, an output projection. No biases (as the reference)."""
@@ -125,11 +147,11 @@ class MultiHeadAttention(nn.Module):
         if dim % n_heads:
             raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
-        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_q = Linear(dim, dim, bias=False)
         # W_K and W_V side by side in one (2D, D) matrix: one matmul instead of two per step (decoding a
         # step is mostly per-call overhead on a CPU), the same maths as two separate projections.
-        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.to_kv = Linear(dim, 2 * dim, bias=False)
+        self.to_out = Linear(dim, dim, bias=False)
 
     def split_heads(self, x):
         B, S, D = x.shape
@@ -236,7 +258,7 @@ class DecoderBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(dim) if cross_attention else None
         self.cross_attention = MultiHeadAttention(dim, n_heads) if cross_attention else None
         self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim, bias=False), nn.GELU(), nn.Linear(ffn_dim, dim, bias=False))
+        self.ffn = nn.Sequential(Linear(dim, ffn_dim, bias=False), nn.GELU(), Linear(ffn_dim, dim, bias=False))
         self.dropout = dropout  # probability on each residual branch; 0 by default
 
     def drop(self, branch):
@@ -363,14 +385,3 @@ class Transformer(nn.Module):
             x = block(x, condition, condition_mask, padding_mask, None if cache is None else cache.layers[i])
         return self.norm_out(x)
 
-
-def store_k_major(module: nn.Module) -> nn.Module:
-    """Keep every nn.Linear weight (out, in) with the same shape and values, but stored transposed in
-    memory ("K-major": for each input feature, its column of the weight is contiguous). F.linear
-    computes x @ W^T, and W^T is then a plain row-major matrix: a decoding step multiplies it by two rows
-    (guidance's batch of 2), and on a CPU that product reads a row-major W^T faster than a transposed
-    one (NOTES.md, "Decoding at the real size"). A layout change only: outputs are the same. Returns module."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            layer.weight.data = layer.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
-    return module

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import toy
 from spectral_codec import build_codec
 from train import TINY_CODEC
@@ -20,6 +22,7 @@ def test_count_check_script_runs_every_option():
     assert result.stdout.count("sampled runs on the half-beat grid") == 3
 
 
+@pytest.mark.slow  # 17 s: the default run keeps its 2-minute budget; the script itself runs in the test above
 def test_count_check_runs_on_a_codecs_tokens(tmp_path):
     """count_check.py --codec: the codec's tokens of a dataset's training clips as training data, the
     samples decoded and scored by the probe (an untrained codec and 2 steps: it runs, not how well)."""
