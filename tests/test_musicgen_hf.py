@@ -38,26 +38,37 @@ def tiny_reference():
                                                  num_attention_heads=4, ffn_dim=64, max_position_embeddings=64,
                                                  pad_token_id=CARD, bos_token_id=CARD)
     config = transformers.MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
-    model = transformers.MusicgenForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.normal_()
-            layer.codebook.embed_avg.normal_()
-            layer.codebook.cluster_size.uniform_(0, 10)
-        for norm in [m for m in model.decoder.modules() if isinstance(m, torch.nn.LayerNorm)]:
-            norm.weight.uniform_(0.5, 1.5)  # HF starts them at (1, 0): random, so a dropped bias shows
-            norm.bias.normal_(0, 0.3)
+    model = randomize(transformers.MusicgenForConditionalGeneration(config).eval())
     assert model.audio_encoder.quantizer.num_quantizers == K and hasattr(model, "enc_to_dec_proj")
     return model
+
+
+@torch.no_grad()
+def randomize(model):
+    """Random codebooks (HF starts them at zero: every code would be 0) and LayerNorms (HF starts them
+    at (1, 0): random, so a dropped bias shows). Returns the model."""
+    for layer in model.audio_encoder.quantizer.layers:
+        layer.codebook.embed.normal_()
+        layer.codebook.embed_avg.normal_()
+        layer.codebook.cluster_size.uniform_(0, 10)
+    for norm in [m for m in model.decoder.modules() if isinstance(m, torch.nn.LayerNorm)]:
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_(0, 0.3)
+    return model
+
+
+def save(reference, tmp_path_factory, name):
+    """save_pretrained + a T5-layout tokenizer.json → the folder."""
+    folder = tmp_path_factory.mktemp(name) / "tiny"
+    reference.save_pretrained(folder)
+    save_tokenizer(folder / "tokenizer.json")
+    return folder
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     reference = tiny_reference()
-    folder = tmp_path_factory.mktemp("musicgen") / "tiny"
-    reference.save_pretrained(folder)
-    save_tokenizer(folder / "tokenizer.json")
-    return reference, folder
+    return reference, save(reference, tmp_path_factory, "musicgen")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ import torch
 from audio import write_audio
 from musicgen import MusicGen
 from pretrained import PretrainedError
-from test_musicgen_hf import CARD, DESCRIPTIONS, K, broken_copy, hf_text
-from test_t5 import save_tokenizer
+from test_musicgen_hf import CARD, DESCRIPTIONS, K, broken_copy, hf_text, randomize, save
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,15 +42,8 @@ def tiny_reference():
                                                        pad_token_id=CARD, bos_token_id=CARD)
     config = transformers.MusicgenMelodyConfig(text_encoder=text, audio_encoder=audio, decoder=decoder,
                                                chroma_length=CHROMA_LENGTH)
-    model = transformers.MusicgenMelodyForConditionalGeneration(config).eval()
+    model = randomize(transformers.MusicgenMelodyForConditionalGeneration(config).eval())
     with torch.no_grad():
-        for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.normal_()
-            layer.codebook.embed_avg.normal_()
-            layer.codebook.cluster_size.uniform_(0, 10)
-        for norm in [m for m in model.decoder.modules() if isinstance(m, torch.nn.LayerNorm)]:
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.normal_(0, 0.3)
         model.audio_enc_to_dec_proj.weight.normal_()  # a strong melody, so a wrong chroma shows in the tokens
         for layer in model.decoder.model.decoder.layers:  # peaked attention: a uniform one would average the prefix away
             layer.self_attn.q_proj.weight.normal_(0, 0.5)
@@ -63,9 +55,7 @@ def tiny_reference():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     reference = tiny_reference()
-    folder = tmp_path_factory.mktemp("musicgen_melody") / "tiny"
-    reference.save_pretrained(folder)
-    save_tokenizer(folder / "tokenizer.json")
+    folder = save(reference, tmp_path_factory, "musicgen_melody")
     (folder / "preprocessor_config.json").write_text(json.dumps(dict(
         feature_extractor_type="MusicgenMelodyFeatureExtractor", feature_size=12, num_chroma=12, chunk_length=30,
         sampling_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, padding_value=0.0, stem_indices=[3, 2])))
