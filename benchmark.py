@@ -137,6 +137,7 @@ DECODERS = {  # the decoder sizes compared: the tiny preset's LM, and MusicGen-s
 }
 TEXT_ENCODERS = {"tiny": dict(d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4),
                  "small": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)}  # T5-base
+CODEC = EncodecConfig()  # the published models' 32 kHz EnCodec, for both sides: K = 4 codebooks at 50 Hz
 
 
 def ours_alone(config: str, dtype):
@@ -144,7 +145,7 @@ def ours_alone(config: str, dtype):
     speed and memory, of reference_and_ours' model."""
     torch.manual_seed(0)
     decoder, t5 = DECODERS[config], TEXT_ENCODERS[config]
-    codec = EncodecModel(replace(EncodecConfig(), codebook_size=decoder["vocab_size"]))
+    codec = EncodecModel(replace(CODEC, codebook_size=decoder["vocab_size"]))
     lm = MusicLM(LMConfig(codebook_size=decoder["vocab_size"], dim=decoder["hidden_size"],
                           n_layers=decoder["num_hidden_layers"], n_heads=decoder["num_attention_heads"],
                           ffn_dim=decoder["ffn_dim"], melody_fusion="none", text_vocab_size=32128,
@@ -158,12 +159,13 @@ def reference_model(config: str, dtype):
     torch.manual_seed(0)
     decoder = DECODERS[config]
     text = transformers.T5Config(vocab_size=32128, feed_forward_proj="relu", **TEXT_ENCODERS[config])
-    bandwidth = 4 * math.log2(decoder["vocab_size"]) * 50 / 1000  # kbps of 4 codebooks at 50 Hz: HF derives K from it
-    audio = transformers.EncodecConfig(sampling_rate=32000, target_bandwidths=[bandwidth], hidden_size=128,
-                                       num_filters=64, upsampling_ratios=[8, 5, 4, 4], codebook_size=decoder["vocab_size"],
+    bandwidth = CODEC.n_q * math.log2(decoder["vocab_size"]) * CODEC.frame_rate / 1000  # kbps: HF derives K from it
+    audio = transformers.EncodecConfig(sampling_rate=CODEC.sample_rate, target_bandwidths=[bandwidth],
+                                       hidden_size=CODEC.dimension, num_filters=CODEC.n_filters,
+                                       upsampling_ratios=list(CODEC.ratios), codebook_size=decoder["vocab_size"],
                                        use_causal_conv=False, use_conv_shortcut=False, normalize=False,
                                        pad_mode="reflect", compress=2, num_lstm_layers=2)
-    decoder = transformers.MusicgenDecoderConfig(num_codebooks=4, pad_token_id=decoder["vocab_size"],
+    decoder = transformers.MusicgenDecoderConfig(num_codebooks=CODEC.n_q, pad_token_id=decoder["vocab_size"],
                                                  bos_token_id=decoder["vocab_size"], max_position_embeddings=2048,
                                                  **decoder)
     reference = transformers.MusicgenForConditionalGeneration(
@@ -187,8 +189,8 @@ def reference_and_ours(config: str, dtype):
 def generation(reference, lm, seconds: float) -> dict:
     """{side: a call generating `seconds` of codes}: batch 1, guidance 3, top-k 250, the text encoded
     inside the call, the codec's decoding left out. And the decoding steps it takes."""
-    n_frames = round(seconds * 50)
-    steps = n_frames + 4 - 1  # the delay pattern's decoding steps
+    n_frames = round(seconds * CODEC.frame_rate)
+    steps = n_frames + CODEC.n_q - 1  # the delay pattern's decoding steps
     ids, mask = torch.randint(0, 32128, (1, 12), generator=torch.Generator().manual_seed(0)), torch.ones(1, 12, dtype=torch.long)
     silent = type("Decoded", (), {"audio_values": torch.zeros(1, 1, 1)})()
     fns = {}
