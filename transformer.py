@@ -86,7 +86,8 @@ def attention(q, k, v, mask=None, is_causal=False, impl=None):
     impl = ATTENTION if impl is None else impl
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         # A CPU without bfloat16 arithmetic (AVX2) runs torch's half-precision attention ~10× slower
-        # than float32's: the scores are computed in float32 and the output cast back.
+        # than float32's (NOTES.md, "Decoding at the real size"): the scores are computed in float32
+        # and the output cast back.
         return attention(q.float(), k.float(), v.float(), mask, is_causal, impl).to(q.dtype)
     if is_causal:
         if mask is not None or q.shape[2] != k.shape[2]:
