@@ -14,6 +14,12 @@ exponential moving average (EMA) of the vectors assigned to it (online k-means, 
 2017, appendix), started from k-means on the first batch; entries nobody uses are revived on live
 data. Gradients reach the encoder through the straight-through estimator and the commitment loss.
 
+Data parallelism (torchrun + DistributedDataParallel): each rank quantizes its own slice of the global
+batch, but the codebook must learn from the whole batch and stay the same on every rank. So in
+training mode the EMA statistics are summed over ranks, k-means and revival see the gathered global
+batch, and every random draw is rank 0's, broadcast: every rank ends the step with the buffers a single
+process would have after the concatenated batch. Eval, encode and decode never communicate.
+
 Shape letters (DESIGN.md): B batch, K codebooks (n_q), T frames, D latent dimension, M vectors (B·T).
 Data flow: encodec.py's encoder → z (B, D, T) → ResidualVectorQuantizer → codes (B, K, T) and
 ẑ (B, D, T) → decoder. The codes are what the LM (musicgen.py) models.
@@ -21,8 +27,38 @@ Data flow: encodec.py's encoder → z (B, D, T) → ResidualVectorQuantizer → 
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+# ---- data parallelism: no-ops in a single process -------------------------------------------------
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over all ranks (in place)."""
+    if _distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def _all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(M, D) per rank -> (world_size · M, D): every rank's rows in rank order, i.e. the global batch.
+    Ranks must hold the same number of rows (equal slices of the global batch)."""
+    if not _distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def _broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
+    """x overwritten by rank 0's value (in place): one source for every random choice."""
+    if _distributed():
+        dist.broadcast(x, src=0)
+    return x
 
 
 def kmeans(x: torch.Tensor, n_clusters: int, n_iters: int = 10, generator=None):
@@ -54,7 +90,8 @@ class VectorQuantizer(nn.Module):
         decay: EMA decay of the counts and sums (paper/EnCodec: 0.99).
         epsilon: Laplace smoothing of the counts, so no entry divides by zero.
         dead_threshold: an entry whose EMA count falls below this is revived (paper: 2). The count is
-            "assignments per batch", so it must be scaled with the batch; see EncodecConfig.
+            "assignments per batch" (the global batch, all ranks together, under data parallelism), so it
+            must be scaled with the batch; see EncodecConfig.
     The codebook lives in buffers (not parameters): the optimizer never touches it.
     """
 
@@ -92,9 +129,15 @@ class VectorQuantizer(nn.Module):
 
             N_j ← γ N_j + (1 - γ) n_j          m_j ← γ m_j + (1 - γ) Σ_{i: idx_i = j} x_i
             e_j = m_j / Ñ_j,  Ñ_j = (N_j + ε) / (Σ N + V ε) · Σ N     (Laplace smoothing, V entries)
+
+        Under data parallelism x is this rank's slice: n_j and the sums are summed over ranks, so
+        every rank applies the global batch's statistics. (Summing, not gathering the vectors: a sum
+        over the batch is the sum of the ranks' sums, and it sends V·(D+1) numbers, not M·D.)
         """
         counts = torch.bincount(indices, minlength=self.codebook_size).to(x)  # n_j, (codebook_size,)
         sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, x)     # (codebook_size, D)
+        _all_reduce_sum(counts)
+        _all_reduce_sum(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
@@ -111,13 +154,15 @@ class VectorQuantizer(nn.Module):
         old statistics and silently undoes the revival (the entry stays dead). Here the revival runs
         *after* the EMA update and resets the statistics with the entry: count = threshold and sum =
         threshold · new vector, so e_j = m_j / N_j is the new vector and it survives the next update.
-        Returns the number of revived entries. x (M, D).
+        Returns the number of revived entries. x (M, D): under data parallelism this rank's slice; the
+        global batch is gathered and rank 0 draws the picks (the counts, so `dead`, agree on all ranks).
         """
         dead = self.cluster_size < self.dead_threshold  # (codebook_size,) bool
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
-        picks = torch.randint(0, x.shape[0], (n_dead,), device=x.device)
+        x = _all_gather_rows(x)
+        picks = _broadcast_from_rank0(torch.randint(0, x.shape[0], (n_dead,), device=x.device))
         self.codebook[dead] = x[picks]
         self.cluster_size[dead] = self.dead_threshold
         self.embed_sum[dead] = x[picks] * self.dead_threshold
@@ -125,12 +170,16 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """x (B, D, T) -> (quantized (B, D, T) with straight-through gradient, codes (B, T),
-        commitment loss (scalar)). In training mode the codebook is updated (EMA, revival)."""
+        commitment loss (scalar)). In training mode the codebook is updated (EMA, revival), and only
+        then do ranks communicate (data parallelism): eval, encode and decode stay local."""
         B, D, T = x.shape
         assert D == self.dim, f"expected latent dimension {self.dim}, got {D}"
         flat = x.detach().transpose(1, 2).reshape(-1, D)  # (B, D, T) -> (M, D)
         if self.training and not bool(self.initialized):
-            self.init_kmeans(flat)
+            # k-means on the global batch; rank 0's result (its randperm) is kept by every rank.
+            self.init_kmeans(_all_gather_rows(flat))
+            for buffer in (self.codebook, self.cluster_size, self.embed_sum):
+                _broadcast_from_rank0(buffer)
         indices = self.assign(flat)  # (M,)
         if self.training:
             self.ema_update(flat, indices)
@@ -180,8 +229,10 @@ class ResidualVectorQuantizer(nn.Module):
         B, D, T = z.shape
         if n_q is None:
             n_q = self.n_q
-            if self.training and self.quantizer_dropout > 0 and torch.rand(()) < self.quantizer_dropout:
-                n_q = int(torch.randint(1, self.n_q + 1, ()))
+            if self.training and self.quantizer_dropout > 0:
+                if torch.rand(()) < self.quantizer_dropout:
+                    n_q = int(torch.randint(1, self.n_q + 1, ()))
+                n_q = int(_broadcast_from_rank0(torch.tensor(n_q)))  # all ranks drop the same levels
         quantized_sum = torch.zeros_like(z)
         residual = z
         codes, losses = [], []
