@@ -227,13 +227,20 @@ class ConditionDropout:
     def __init__(self, p_cfg: float = 0.3, p_melody: float = 0.2):
         self.p_cfg, self.p_melody = p_cfg, p_melody
 
-    def __call__(self, descriptions, chroma: torch.Tensor, generator: torch.Generator, null_chroma=None):
+    def draw(self, B: int, generator: torch.Generator):
+        """Which of B samples get the null condition, and which lose their melody: two (B,) bool masks."""
+        draw = torch.rand(B, 2, generator=generator)
+        null = draw[:, 0] < self.p_cfg
+        return null, null | (draw[:, 1] < self.p_melody)
+
+    def __call__(self, descriptions, chroma: torch.Tensor, generator: torch.Generator = None, null_chroma=None,
+                 dropped=None):
+        """Apply fresh draws from `generator`, or `dropped` = (null, drop_melody) drawn beforehand (a
+        process training on a slice of a batch applies its slice of the whole batch's draws)."""
         B = len(descriptions)
         if chroma.shape[0] != B:
             raise ValueError(f"{B} descriptions but chroma has batch {chroma.shape[0]}")
-        draw = torch.rand(B, 2, generator=generator)
-        null = draw[:, 0] < self.p_cfg
-        drop_melody = null | (draw[:, 1] < self.p_melody)
+        null, drop_melody = self.draw(B, generator) if dropped is None else dropped
         descriptions = ["" if n else d for d, n in zip(descriptions, null.tolist())]
         if null_chroma is None:
             null_chroma = torch.zeros(chroma.shape[1:])

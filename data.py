@@ -5,18 +5,27 @@ One JSON object a line: `path` (relative), `description`, optional `split` ("tra
 `duration`, `sample_rate`. The toy dataset (toy.py) is written in this format and a user's own
 folder is read the same way. Files of another rate or channel count are converted on load.
 
-Shapes: N samples; each clip is (1, N) float32 at the requested sample rate.
-Data flow: manifest.jsonl + audio files ─load_clips─▶ [Clip] ─▶ train_codec.py, train_lm.py, evaluate.py.
+Two ways to read it: `load_clips` holds every clip in memory (evaluation, small folders); the training
+stages read lazily instead, `clip_lengths` from the files' headers and `read_window` for one random
+window at a time, so a manifest of any size costs memory for its entries only. The LM stage's codes
+live on disk (`write_codes` / `open_codes`): one (K, total frames) array per split, memory-mapped.
+
+Shapes: N samples; each clip is (1, N) float32 at the requested sample rate; K codebooks, T frames.
+Data flow: manifest.jsonl + audio files ─load_clips / read_window─▶ train_codec.py, train_lm.py, evaluate.py.
 """
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from audio import load_audio
+from audio import load_audio, resample, to_mono
 
 
 def load_manifest(data_dir):
@@ -83,3 +92,83 @@ def load_clips(data_dir, sample_rate, split=None):
                           split=entry["split"], melody_wav=None if melody_path is None
                           else load_audio(data_dir / melody_path, sample_rate)))
     return clips
+
+
+# ---- lazy reading: lengths from headers, one window at a time ---------------------------------------
+def clip_lengths(data_dir, paths, sample_rate):
+    """Length in samples at `sample_rate` of each file (paths relative to data_dir), read from the file
+    headers only. A resampled file has ceil(N · to / from) samples, as audio.resample gives."""
+    lengths = []
+    for path in paths:
+        info = sf.info(Path(data_dir) / path)
+        lengths.append(math.ceil(info.frames * sample_rate / info.samplerate))
+    return lengths
+
+
+def read_window(path, sample_rate, start, length):
+    """Samples [start, start + length) of a file at `sample_rate`, (1, length), zero-padded past its end,
+    reading only that part of the file. At the file's own rate it equals load_audio(path)[:, start:start +
+    length]; otherwise a margin of input samples around the window feeds the resampler's filter, and the
+    read begins on a sample where input and output grids meet, so the result matches the whole file's
+    resampling away from the file's ends."""
+    info = sf.info(path)
+    if info.samplerate == sample_rate:
+        first, offset = start, 0
+        frames = length
+    else:
+        g = math.gcd(info.samplerate, sample_rate)
+        up, down = sample_rate // g, info.samplerate // g     # output j sits at input j · down / up
+        margin = 64 * max(1, down // up + 1)                  # > the filter's half-length in input samples
+        first = max(0, (start * down // up - margin) // down * down)
+        offset = start - first * up // down                   # output samples before the window
+        frames = math.ceil((offset + length) * down / up) + margin
+    data, _ = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)  # (n, C)
+    wav = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)))                     # (C, n) -> (1, n)
+    if info.samplerate != sample_rate:
+        wav = resample(wav, info.samplerate, sample_rate)[:, offset:]
+    wav = wav[:, :length]
+    return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))  # (1, length)
+
+
+class Windows(torch.utils.data.Dataset):
+    """The windows a batch plan names, read from disk when asked: item (path, start, length) -> (1, length)
+    at `sample_rate`. A DataLoader with workers reads the next steps' windows while this one trains."""
+
+    def __init__(self, data_dir, sample_rate):
+        self.data_dir, self.sample_rate = Path(data_dir), sample_rate
+
+    def __getitem__(self, item):
+        path, start, length = item
+        return read_window(self.data_dir / path, self.sample_rate, start, length)
+
+
+def plan_loader(dataset, plans, workers=0):
+    """A DataLoader whose batches are the lists of items `plans` yields, one list per step (the items are
+    whatever `dataset` takes: file windows, code windows)."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=plans, num_workers=workers,
+                                       persistent_workers=False)
+
+
+# ---- the LM stage's codes on disk: one memory-mapped array per split --------------------------------
+def codes_array(folder, split, shape=None):
+    """`folder/{split}.npy`: int16 codes (K, total frames), clip after clip, memory-mapped (read from disk
+    on access, never loaded whole). With `shape` the file is created (rank 0), without it opened for
+    writing (the other ranks, after a barrier). int16 holds codebooks of up to 32768 entries."""
+    path = Path(folder) / f"{split}.npy"
+    if shape is not None:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=shape)
+    return np.load(path, mmap_mode="r+")
+
+
+def open_codes(folder, split):
+    """The codes of one split, memory-mapped read-only, and their index: {"entries": manifest line
+    numbers, "offsets": clip i's frames are offsets[i]:offsets[i + 1]}."""
+    folder = Path(folder)
+    index = json.loads((folder / "index.json").read_text())[split]
+    return np.load(folder / f"{split}.npy", mmap_mode="r"), index
+
+
+def write_json_atomic(path, obj):
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(obj))
+    os.replace(tmp, path)

@@ -6,6 +6,7 @@ stage 1 in train_codec.py and stage 2 in train_lm.py:
 
     python train.py                     # toy dataset → codec → cached codes → LM → samples/*.wav
     python train.py --stage lm --resume # continue the LM stage exactly where it stopped
+    torchrun --nproc_per_node 2 train.py  # the same run on 2 processes (DDP, ddp.py): same batches
 
 This file holds the recipe: `Preset` (the paper's budgets by default) and the tiny recipe that
 changes them, one line per value with the paper's value and the reason; then the command line.
@@ -19,7 +20,9 @@ from pathlib import Path
 import torch
 
 import data
+import ddp
 import toy
+from audio import load_audio
 from audio import write_audio
 from encodec import EncodecConfig
 from lm import LMConfig, check_input_codebooks
@@ -126,10 +129,12 @@ def write_samples(out_dir, data_dir, n_text=4, seed=0):
     model = MusicGen.load(out)
     samples = out / "samples"
     samples.mkdir(parents=True, exist_ok=True)
-    clips = [c for c in data.load_clips(data_dir, model.sample_rate, split="heldout")]
-    if not clips:
-        clips = data.load_clips(data_dir, model.sample_rate)
-    clips = clips[:n_text]
+    entries = data.load_manifest(data_dir)  # the first few held-out clips (any clips if none), read alone
+    entries = ([e for e in entries if e["split"] == "heldout"] or entries)[:n_text]
+    clips = [data.Clip(e["path"], load_audio(Path(data_dir) / e["path"], model.sample_rate), e["description"],
+                       e["attributes"], e["split"], None if "melody_path" not in e["attributes"]
+                       else load_audio(Path(data_dir) / e["attributes"]["melody_path"], model.sample_rate))
+             for e in entries]
     torch.manual_seed(seed)
     written = []
     audio = model.generate([c.description for c in clips])  # (B, 1, N)
@@ -174,13 +179,30 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or a torch device name")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations")
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="examples per forward pass in each process; the rest of its share is gradient "
+                        "accumulation (default 0: the whole share at once)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading audio (default 0: none)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the LM (opt-in; for GPUs)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = pick_device(args.device)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    rank = ddp.setup(pick_device(args.device))  # under torchrun: this process's rank and device
+    device = rank.device
+    # The CPU's cores are shared by the processes on this machine.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if device.type == "cuda":  # TF32 matrix products: float32 range, 10-bit mantissa, several times faster
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        run(args, rank)
+    finally:
+        ddp.teardown()
+
+
+def run(args, rank):
+    device = rank.device
     preset = PRESETS[args.preset]
     overrides = {}
     for stage in (["codec", "lm"] if args.stage == "all" else [args.stage]):
@@ -208,26 +230,31 @@ def main(argv=None):
     if not (Path(args.data) / "manifest.jsonl").exists():
         if args.data != "data/toy":
             raise SystemExit(f"error: {Path(args.data) / 'manifest.jsonl'} not found (see README: your own data)")
-        print(f"building the toy dataset ({preset.n_clips} clips) in {args.data}")
-        toy.make_toy_dataset(args.data, n=preset.n_clips, seed=args.seed)
+        if rank.main:
+            print(f"building the toy dataset ({preset.n_clips} clips) in {args.data}")
+            toy.make_toy_dataset(args.data, n=preset.n_clips, seed=args.seed)
         timings["data"] = time.time() - started
+    ddp.barrier(rank)  # the other processes wait for rank 0's dataset
+    common = dict(seed=args.seed, device=device, resume=args.resume, eval_every=args.eval_every, rank=rank,
+                  micro_batch=args.micro_batch, workers=args.workers)
     if args.stage in ("codec", "all"):
         t0 = time.time()
-        train_codec(out, args.data, preset, seed=args.seed, device=device, resume=args.resume,
-                    eval_every=args.eval_every)
+        train_codec(out, args.data, preset, **common)
         timings["codec"] = time.time() - t0
+    ddp.barrier(rank)  # codec.pt is written (by rank 0) before any process reads it
     if args.stage in ("lm", "all"):
         t0 = time.time()
-        train_lm(out, args.data, preset, pattern=args.pattern, seed=args.seed, device=device,
-                 resume=args.resume, eval_every=args.eval_every)
+        train_lm(out, args.data, preset, pattern=args.pattern, compile=args.compile, **common)
         timings["lm"] = time.time() - t0
-        t0 = time.time()
-        print(f"samples in {out / 'samples'}:")
-        write_samples(out, args.data, seed=args.seed)
-        timings["samples"] = time.time() - t0
-    print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-          + f"; total {time.time() - started:.0f} s")
-    print(f'generate more: python generate.py --run {out} --text "a cheerful fast tune on a plucked guitar" --out out.wav')
+        if rank.main:
+            t0 = time.time()
+            print(f"samples in {out / 'samples'}:")
+            write_samples(out, args.data, seed=args.seed)
+            timings["samples"] = time.time() - t0
+    if rank.main:
+        print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+              + f"; total {time.time() - started:.0f} s")
+        print(f'generate more: python generate.py --run {out} --text "a cheerful fast tune on a plucked guitar" --out out.wav')
 
 
 if __name__ == "__main__":

@@ -1,23 +1,31 @@
 """Stage 2 of the recipe (paper §4.1): the LM, trained on the frozen codec's codes.
 
-Every clip is encoded once by the frozen codec and kept as codes. Each step draws random windows of
-codes (B, K, T) with the aligned melody audio, builds the conditions (the text encoded, the chroma
-extracted, condition dropout for guidance), and minimises the LM's cross-entropy (lm.py) with
-AdamW, a warm-up + cosine learning rate and gradient clipping at 1, as the paper does.
+Every clip is encoded once by the frozen codec and its codes stored on disk (one memory-mapped array
+per split, data.codes_array; under torchrun the ranks share the encoding). Each step draws random
+windows of codes (B, K, T) with the aligned melody audio read from disk, builds the conditions (the text
+encoded, the chroma extracted, condition dropout for guidance), and minimises the LM's cross-entropy
+(lm.py) with AdamW, a warm-up + cosine learning rate and gradient clipping at 1, as the paper does.
+Under torchrun every process draws the same global batch plan and trains on its slice (ddp.py).
 
 Reads top to bottom like nanoGPT's train.py: setup, data, model, optimizer, eval, loop.
 Shape letters: B batch, K codebooks, T frames, N samples, F chroma frames, L text tokens, D width.
-Data flow: codec.pt + dataset clips → codes in memory → windows → MusicLM → lm.pt (train.py runs it).
+Data flow: codec.pt + dataset files → codes/*.npy on disk → windows → MusicLM → lm.pt (train.py runs it).
 """
+import hashlib
+import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import data
+import ddp
+from audio import load_audio
 from conditioners import ConditionDropout, Tokenizer, word_dropout
 from encodec import EncodecModel
 from lm import LMConfig, MusicLM, save_lm
@@ -47,77 +55,143 @@ def lm_config_for(codec: EncodecModel, lm_cfg: LMConfig, **changes) -> LMConfig:
                    sample_rate=codec.sample_rate, **changes)
 
 
-def encode_dataset(codec: EncodecModel, clips, device, batch_size=32):
-    """Encode every clip once with the frozen codec (§4.1): (1, N) each → codes (K, T) each."""
-    codes = []
-    for start in tqdm(range(0, len(clips), batch_size), desc="encode", leave=False):
-        batch = [clip.wav for clip in clips[start:start + batch_size]]
-        n = max(wav.shape[-1] for wav in batch)
-        wav = torch.stack([torch.nn.functional.pad(w, (0, n - w.shape[-1])) for w in batch]).to(device)
-        with torch.no_grad():
-            batch_codes = codec.encode(wav).cpu()  # (B, 1, N) -> (B, K, T)
-        for clip, clip_codes in zip(clips[start:start + batch_size], batch_codes):
-            codes.append(clip_codes[:, :math.ceil(clip.wav.shape[-1] / codec.hop_length)])
-    return codes
+def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank(), batch_size=32):
+    """Encode every clip once with the frozen codec (§4.1) into `folder`: per split, an int16 array
+    (K, total frames) and the clips' offsets in index.json. The clips are sorted by length and cut into
+    batches of `batch_size` that do not depend on the number of ranks (rank r encodes batches r, r + N,
+    ...), so the codes are the same under any N. Skipped when index.json says this codec and manifest
+    were already encoded. Returns the index."""
+    folder = Path(folder)
+    key = hashlib.sha1(repr([(e["path"], e["split"]) for e in entries]).encode()
+                       + b"".join(v.cpu().numpy().tobytes() for v in codec.state_dict().values())).hexdigest()
+    if (folder / "index.json").exists() and json.loads((folder / "index.json").read_text()).get("key") == key:
+        return json.loads((folder / "index.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    index = dict(key=key)
+    for split in ("train", "heldout"):
+        ids = [i for i, e in enumerate(entries) if e["split"] == split]
+        lengths = data.clip_lengths(data_dir, [entries[i]["path"] for i in ids], codec.sample_rate)
+        frames = [math.ceil(n / codec.hop_length) for n in lengths]
+        offsets = np.concatenate([[0], np.cumsum(frames)]).tolist()
+        index[split] = dict(entries=ids, offsets=offsets)
+        if rank.main:
+            data.codes_array(folder, split, shape=(codec.n_q, offsets[-1]))
+        ddp.barrier(rank)
+        array = data.codes_array(folder, split)
+        order = sorted(range(len(ids)), key=lambda j: (lengths[j], j))  # similar lengths batched together
+        batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)][rank.index::rank.world]
+        for batch in tqdm(batches, desc=f"encode {split}", leave=False, disable=not rank.main):
+            wavs = [load_audio(Path(data_dir) / entries[ids[j]]["path"], codec.sample_rate) for j in batch]
+            n = max(w.shape[-1] for w in wavs)
+            wav = torch.stack([torch.nn.functional.pad(w, (0, n - w.shape[-1])) for w in wavs])  # (B, 1, N)
+            with torch.no_grad():
+                codes = codec.encode(wav.to(codec_device(codec))).cpu()  # (B, 1, N) -> (B, K, T)
+            for j, clip_codes in zip(batch, codes):
+                array[:, offsets[j]:offsets[j + 1]] = clip_codes[:, :frames[j]].numpy()
+        array.flush()
+        del array
+    ddp.barrier(rank)
+    if rank.main:  # index.json last: its key says the arrays are complete
+        data.write_json_atomic(folder / "index.json", index)
+    ddp.barrier(rank)
+    return index
 
 
-def lm_batch(clips, codes, indices, window, hop, generator):
-    """A batch of random crops: codes (B, K, T) and the aligned melody audio (B, 1, T · hop)."""
-    batch_codes, batch_melody = [], []
-    for i in indices.tolist():
-        clip_codes = codes[i]
-        n_frames = clip_codes.shape[-1]
-        start = int(torch.randint(0, max(1, n_frames - window + 1), (1,), generator=generator))
-        crop = clip_codes[:, start:start + window]
-        melody = clips[i].melody_wav if clips[i].melody_wav is not None else clips[i].wav
-        melody = melody[:, start * hop:(start + window) * hop]
-        batch_codes.append(crop)  # every clip is at least one window long (checked in train_lm)
-        batch_melody.append(torch.nn.functional.pad(melody, (0, window * hop - melody.shape[-1])))
-    return torch.stack(batch_codes), torch.stack(batch_melody)
+def codec_device(codec):
+    return next(codec.parameters()).device
+
+
+def window_plan(frames, pool, batch, window, generator):
+    """A global batch of random windows: `batch` items (clip, start frame) over the clips `pool`, whose
+    lengths in frames are `frames` (every clip in the pool is at least one window long)."""
+    picks = pool[torch.randint(0, len(pool), (batch,), generator=generator)].tolist()
+    return [(i, int(torch.randint(0, max(1, frames[i] - window + 1), (1,), generator=generator))) for i in picks]
+
+
+class CodeWindows(torch.utils.data.Dataset):
+    """Item (clip, start frame) of one split -> codes (K, T) int64 from the memory-mapped array and the
+    aligned melody audio (1, T · hop) read from disk (the clip's melody stem if it has one)."""
+
+    def __init__(self, folder, split, data_dir, melody_paths, sample_rate, hop, window):
+        self.folder, self.split, self.data_dir, self.melody_paths = folder, split, Path(data_dir), melody_paths
+        self.sample_rate, self.hop, self.window = sample_rate, hop, window
+        self.codes = None  # opened on first use, in whichever process (DataLoader worker) reads
+
+    def __getitem__(self, item):
+        i, start = item
+        if self.codes is None:
+            self.codes, self.index = data.open_codes(self.folder, self.split)
+        first = self.index["offsets"][i] + start
+        codes = torch.from_numpy(self.codes[:, first:first + self.window].astype(np.int64))  # (K, T)
+        melody = data.read_window(self.data_dir / self.melody_paths[i], self.sample_rate,
+                                  start * self.hop, self.window * self.hop)                # (1, T · hop)
+        return codes, melody
+
+
+class Objective(torch.nn.Module):
+    """The LM's training loss as one module call, text encoder included, so that DDP (which syncs the
+    gradients of what a wrapped module's forward computed) sees every parameter it trains."""
+
+    def __init__(self, lm: MusicLM):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, codes, ids, mask, chroma):
+        text, text_mask = self.lm.encode_text(ids, mask)  # (B, L) -> (B, L, D), (B, L)
+        return self.lm.compute_loss(codes, text, text_mask, chroma)
 
 
 def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0, device="cpu",
-             resume=False, eval_every=250, encoded=None):
+             resume=False, eval_every=250, codes_dir=None, rank=ddp.Rank(), micro_batch=0, workers=0,
+             n_valid=256, compile=False):
     """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
-    `encoded` = (clips, codes) from `encode_dataset` with this codec skips re-encoding (the pattern
-    ablation trains six LMs on the same codes).
+    `codes_dir` (default out_dir/codes) holds the encoded dataset; several runs on one codec can share
+    it (the pattern ablation trains six LMs on the same codes). `rank`, `micro_batch`, `workers`: as
+    train_codec's; `compile`: torch.compile the LM (opt-in; for GPUs).
 
-    Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps.
+    Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps (rank 0).
     """
     # ---- setup ----
     torch.manual_seed(seed)
-    device = torch.device(device)
+    device = rank.device if rank.world > 1 else torch.device(device)
     out = Path(out_dir)
     max_steps = preset.lm_steps if max_steps is None else max_steps
     codec, _ = load_codec(out / "codec.pt")
     codec = codec.to(device).eval()
     resume_path = out / "lm.pt"
+    log = print if rank.main else (lambda *a, **k: None)
 
-    # ---- data: every clip encoded once by the frozen codec (§4.1), kept in memory as codes ----
-    if encoded is None:
-        clips = data.load_clips(data_dir, codec.sample_rate)
-        codes = encode_dataset(codec, clips, device)
-    else:
-        clips, codes = encoded
+    # ---- data: every clip encoded once by the frozen codec (§4.1), the codes kept on disk ----
+    entries = data.load_manifest(data_dir)
+    folder = Path(codes_dir) if codes_dir is not None else out / "codes"
+    index = encode_dataset(codec, data_dir, entries, folder, rank)
     cfg = lm_config_for(codec, preset.lm, pattern=pattern)
     window = cfg.window_frames
-    long_enough = [i for i, c in enumerate(codes) if c.shape[-1] >= window]
-    if len(long_enough) < len(codes):
-        print(f"note: {len(codes) - len(long_enough)} clips shorter than the {cfg.window_seconds} s window are skipped")
-    train_ids = torch.tensor([i for i in long_enough if clips[i].split == "train"])
-    valid_ids = torch.tensor([i for i in long_enough if clips[i].split != "train"])
-    if len(train_ids) == 0:
+    splits = {}
+    for split in ("train", "heldout"):
+        ids, offsets = index[split]["entries"], index[split]["offsets"]
+        frames = np.diff(offsets).tolist()
+        melody = [entries[i]["attributes"].get("melody_path", entries[i]["path"]) for i in ids]
+        splits[split] = dict(frames=frames, descriptions=[entries[i]["description"] for i in ids],
+                             pool=torch.tensor([j for j, f in enumerate(frames) if f >= window], dtype=torch.long),
+                             windows=CodeWindows(folder, split, data_dir, melody, codec.sample_rate,
+                                                 codec.hop_length, window))
+    short = sum(len(s["frames"]) - len(s["pool"]) for s in splits.values())
+    if short:
+        log(f"note: {short} clips shorter than the {cfg.window_seconds} s window are skipped")
+    train, valid_split, valid_name = splits["train"], splits["heldout"], "held-out"
+    if len(train["pool"]) == 0:
         raise SystemExit(f"error: no training clip in {data_dir} is at least {cfg.window_seconds} s long")
-    valid_name = "held-out"
-    if len(valid_ids) == 0:  # a small user folder: say so rather than call training clips held-out
-        valid_ids, valid_name = train_ids[:preset.lm_batch], "training (no held-out clips)"
-    # Resuming restores everything a step depends on: weights, optimizer moments, the data generator,
-    # torch's RNG and the vocabulary; so the next step's loss equals the uninterrupted run's.
+    if len(valid_split["pool"]) == 0:  # a small user folder: say so rather than call training clips held-out
+        valid_split, valid_name = train, "training (no held-out clips)"
+    valid_pool = valid_split["pool"][:n_valid if valid_split is not train else preset.lm_batch]
+    # Resuming restores the weights, the optimizer moments and the vocabulary; step s's batch and
+    # dropout draws depend on (seed, s) alone, so the next step's loss equals the uninterrupted run's.
     ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume and resume_path.exists() else None
     if ckpt is not None:
         tokenizer, cfg = Tokenizer(ckpt["vocab"]), LMConfig(**ckpt["config"])
     else:
-        tokenizer = Tokenizer.build([clips[i].description for i in train_ids.tolist()])
+        tokenizer = Tokenizer.build([train["descriptions"][j] for j in train["pool"].tolist()])
         cfg = replace(cfg, text_vocab_size=len(tokenizer.vocab))
     # CFG dropout (null condition for all) and melody attribute dropout, §2.4 / §3.
     condition_dropout = ConditionDropout(cfg.cfg_dropout, cfg.melody_dropout)
@@ -125,75 +199,102 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
     # ---- model ----
     lm = MusicLM(cfg).to(device)
     n_params = sum(p.numel() for p in lm.parameters())
-    print(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
-          f"vocabulary {len(tokenizer.vocab)} words, {len(train_ids)} train / {len(valid_ids)} {valid_name} clips")
+    log(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
+        f"vocabulary {len(tokenizer.vocab)} words, {len(train['pool'])} train / {len(valid_pool)} {valid_name} "
+        f"clips, {rank.world} process(es)")
 
     # ---- optimizer: AdamW as the paper (lm_optimizer) ----
     optimizer = lm_optimizer(lm, preset.lm_lr)
-    generator = torch.Generator().manual_seed(seed)  # batches and condition dropout
     step = 0
     if ckpt is not None:
         lm.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["rng"])
         step = ckpt["step"]
-        print(f"resumed the LM from {resume_path} at step {step}")
+        log(f"resumed the LM from {resume_path} at step {step}")
+    # On a GPU the LM runs in bfloat16 autocast (matrix products in bf16, the softmax and the loss in
+    # float32 by autocast's own rules); on a CPU in float32.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    objective = Objective(lm)
+    model = ddp.wrap(torch.compile(objective) if compile else objective, rank, find_unused=True)
 
-    def conditions(descriptions, melody, train: bool):
-        """Descriptions + melody audio → encoded text (B, L, D), mask (B, L), chroma (B, F, 12)."""
+    def conditions(descriptions, melody, dropped=None):
+        """Descriptions + melody audio → token ids (B, L), mask (B, L), chroma (B, F, 12); with `dropped`
+        (this rank's slice of the condition-dropout draws) the dropped conditions are nulled."""
         chroma = lm.chroma(melody.to(device))  # (B, 1, N) -> (B, F, 12)
-        if train:
-            descriptions = word_dropout(descriptions, cfg.word_dropout, generator)
-            descriptions, chroma = condition_dropout(descriptions, chroma, generator, null_chroma=lm.null_chroma)
+        if dropped is not None:
+            descriptions, chroma = condition_dropout(descriptions, chroma, null_chroma=lm.null_chroma, dropped=dropped)
         ids, mask = tokenizer.encode(descriptions)
-        text, text_mask = lm.encode_text(ids.to(device), mask.to(device))
-        return text, text_mask, chroma
+        return ids.to(device), mask.to(device), chroma
 
-    # ---- eval: held-out loss per codebook (the paper reports NLL / perplexity in Table 3) ----
+    # ---- eval: held-out loss per codebook (the paper reports NLL / perplexity in Table 3), rank 0 ----
     @torch.no_grad()
     def evaluate_lm():
         lm.eval()
-        eval_gen = torch.Generator().manual_seed(1234)
+        generator = torch.Generator().manual_seed(1234)  # one window per clip, the same at every evaluation
+        plan = [(i, int(torch.randint(0, valid_split["frames"][i] - window + 1, (1,), generator=generator)))
+                for i in valid_pool.tolist()]
         total, count = torch.zeros(cfg.n_q), 0
-        for start in range(0, len(valid_ids), preset.lm_batch):
-            ids = valid_ids[start:start + preset.lm_batch]
-            batch_codes, melody = lm_batch(clips, codes, ids, window, codec.hop_length, eval_gen)
-            text, text_mask, chroma = conditions([clips[i].description for i in ids.tolist()], melody, train=False)
-            _, per_codebook = lm.compute_loss(batch_codes.to(device), text, text_mask, chroma)
-            total += per_codebook.cpu() * len(ids)
-            count += len(ids)
+        for start in range(0, len(plan), preset.lm_batch):
+            items = plan[start:start + preset.lm_batch]
+            batch_codes, melody = (torch.stack(x) for x in zip(*(valid_split["windows"][item] for item in items)))
+            ids, mask, chroma = conditions([valid_split["descriptions"][i] for i, _ in items], melody)
+            with autocast:
+                _, per_codebook = objective(batch_codes.to(device), ids, mask, chroma)
+            total += per_codebook.float().cpu() * len(items)
+            count += len(items)
         lm.train()
         return total / count
 
     def save(step):
-        save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer,
-                extra=dict(generator=generator.get_state()))
+        if rank.main:
+            save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)
+
+    # ---- the batches: step s reads the slice of the global plan drawn from (seed, s) ----
+    def plan(s):
+        return window_plan(train["frames"], train["pool"], preset.lm_batch, window, ddp.step_generator(seed, s))
+    batches = iter(data.plan_loader(train["windows"], (ddp.shard(plan(s), rank) for s in range(step, max_steps)),
+                                    workers))
 
     # ---- loop ----
     lm.train()
-    bar = tqdm(total=max_steps, initial=step, desc="lm", dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=step, desc="lm", dynamic_ncols=True, disable=not rank.main)
     tokens_seen, started = 0, time.time()
-    valid = None
+    valid, losses = None, []
     try:
         while step < max_steps:
             # lr schedule: warmup + cosine (paper §4.1)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, max_steps, preset.lm_warmup, preset.lm_lr)
-            ids = train_ids[torch.randint(0, len(train_ids), (preset.lm_batch,), generator=generator)]
-            batch_codes, melody = lm_batch(clips, codes, ids, window, codec.hop_length, generator)
-            text, text_mask, chroma = conditions([clips[i].description for i in ids.tolist()], melody, train=True)
-            loss, per_codebook = lm.compute_loss(batch_codes.to(device), text, text_mask, chroma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            ddp.seed_step(seed, step, rank.index)  # model dropout: rank 0 draws as one process would
+            # The whole global batch's conditions and dropout draws, then this rank's slice of them.
+            generator = ddp.step_generator(seed, step, stream=1)
+            descriptions = word_dropout([train["descriptions"][i] for i, _ in plan(step)], cfg.word_dropout, generator)
+            null, drop_melody = condition_dropout.draw(len(descriptions), generator)
+            descriptions, null, drop_melody = (ddp.shard(x, rank) for x in (descriptions, null, drop_melody))
+            batch_codes, melody = next(batches)  # (B / ranks, K, T), (B / ranks, 1, T · hop)
+            pieces = ddp.micro_batches(list(range(len(descriptions))), micro_batch)
+            loss_sum, per_codebook_sum = 0.0, 0.0
+            for j, piece in enumerate(pieces):
+                # Gradients add up over the micro-batches; DDP averages them over the ranks on the last one.
+                sync = nullcontext() if j == len(pieces) - 1 or rank.world == 1 else model.no_sync()
+                ids, mask, chroma = conditions([descriptions[i] for i in piece], melody[piece],
+                                               dropped=(null[piece], drop_melody[piece]))
+                with sync, autocast:
+                    loss, per_codebook = model(batch_codes[piece].to(device), ids, mask, chroma)
+                    (loss * len(piece) / len(descriptions)).backward()
+                loss_sum = loss_sum + loss.detach().float() * len(piece) / len(descriptions)
+                per_codebook_sum = per_codebook_sum + per_codebook.float() * len(piece) / len(descriptions)
             torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)  # paper: gradient clipping at 1
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += batch_codes.numel()
+            loss, per_codebook = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(per_codebook_sum, rank)
+            tokens_seen += batch_codes.numel() * rank.world
+            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", per_k="/".join(f"{x:.2f}" for x in per_codebook.tolist()),
                             tok_s=f"{tokens_seen / (time.time() - started):.0f}")
-            if step % eval_every == 0 or step == max_steps:
+            if rank.main and (step % eval_every == 0 or step == max_steps):
                 valid = evaluate_lm()
                 # Plain cross-entropies on both sides (the objective also weighs the first frames, see
                 # MusicLM.compute_loss), so that train and held-out losses can be compared.
@@ -203,12 +304,15 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
                            f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
                 save(step)
     except KeyboardInterrupt:
-        tqdm.write(f"interrupted: saving the LM at step {step} to {resume_path} (continue with --resume)")
+        if rank.main:
+            tqdm.write(f"interrupted: saving the LM at step {step} to {resume_path} (continue with --resume)")
         save(step)
         raise
     bar.close()
     save(step)
-    valid = evaluate_lm() if valid is None else valid
     seconds = time.time() - started
+    if not rank.main:
+        return dict(steps=step, seconds=seconds, losses=losses)
+    valid = evaluate_lm() if valid is None else valid
     return dict(valid_loss_per_codebook=valid.tolist(), valid_loss=float(valid.mean()), steps=step,
-                seconds=seconds, tokens_per_second=tokens_seen / max(seconds, 1e-9))
+                seconds=seconds, losses=losses, tokens_per_second=tokens_seen / max(seconds, 1e-9))
