@@ -32,6 +32,7 @@ import torch
 import train
 from conditioners import Tokenizer
 from encodec import EncodecConfig, EncodecModel
+from experiments import manifest_memory
 from lm import LMConfig, MusicLM
 from losses import ReconstructionLoss
 from musicgen import MusicGen
@@ -341,6 +342,8 @@ def main(argv=None):
     source.add_argument("--pretrained", metavar="FOLDER", help="a published MusicGen folder: its generation only")
     source.add_argument("--versus", action="store_true", help="ours and HF transformers' side by side (--config)")
     source.add_argument("--memory-of", choices=["ours", "reference"], help=argparse.SUPPRESS)  # --versus' subprocess
+    source.add_argument("--manifest-memory", action="store_true",
+                        help="peak memory of training on the toy manifest vs one 10x as long (lazy data)")
     p.add_argument("--config", choices=sorted(DECODERS), default="tiny", help="with --versus: the decoder size")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="with --pretrained or --versus: the LM's dtype")
@@ -354,7 +357,9 @@ def main(argv=None):
     if args.memory_of:
         print(memory_of(args.memory_of, args.config, args.dtype, args.seconds))
         return
-    if args.versus:
+    if args.manifest_memory:
+        result = manifest_memory.compare()
+    elif args.versus:
         result = time_versus(args.config, args.dtype, args.seconds, args.rounds)
     elif args.pretrained:
         result = time_pretrained(args.pretrained, args.seconds, args.rounds, args.dtype)

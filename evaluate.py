@@ -39,7 +39,6 @@ from metrics import chroma_cosine, codec_metrics, frechet_distance, kl_divergenc
 from musicgen import MusicGen
 from patterns import PATTERN_NAMES, make_pattern
 from probe import batched, beat_strength, check_probe, load_or_train_probe, mean, probe_accuracy, probe_outputs
-from spectral_codec import load_codec
 
 
 def score_audio(probe, audio, sample_rate, clips, reference):
@@ -213,16 +212,13 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
     check_probe(probe_report)
     rows = {}
     heldout, reference = None, None
-    # Encode the dataset once with the frozen codec; every pattern's LM trains on the same codes.
-    codec, _ = load_codec(run_dir / "codec.pt", device)
-    clips = data.load_clips(data_dir, codec.sample_rate)
-    encoded = (clips, train_lm.encode_dataset(codec, clips, device))
+    # The dataset is encoded once by the frozen codec (into run_dir/codes); every pattern's LM reads it.
     for name in (patterns or PATTERN_NAMES):
         out = run_dir / "ablation" / name
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(run_dir / "codec.pt", out / "codec.pt")  # the same frozen codec for every pattern
         summary = train_lm.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
-                                 encoded=encoded)
+                                 codes_dir=run_dir / "codes")
         model = MusicGen.load(out)
         sr = model.sample_rate
         if heldout is None:

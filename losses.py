@@ -82,7 +82,8 @@ class InstantaneousFrequencyLoss(nn.Module):
 
         L_if = Σ w · (1 − cos(Δφ̂_k(s) − Δφ_k(s))) / Σ w,    w = sqrt(|X_k(s)| · |X_k(s−1)|),
 
-    weighted by the input's magnitude, since only bins with energy have a frequency. It is blind to
+    weighted by the input's magnitude, since only bins with energy have a frequency, per clip, then
+    averaged over the batch (so a batch's loss is the mean of its slices': data parallelism, ddp.py). It is blind to
     a constant phase offset and to gain (the spectral decoder invents its own phase; the mel loss
     handles loudness) and is near 0 only if every loud partial has the input's pitch. The cosine comes
     from the products P = X(s)·conj(X(s−1)), whose angle is Δφ: no angle wrapping, no atan2.
@@ -104,7 +105,8 @@ class InstantaneousFrequencyLoss(nn.Module):
         p, p_hat = self.advances(x), self.advances(x_hat)
         weight = p.abs().sqrt()
         cos = (p_hat * p.conj()).real / (p_hat.abs() * p.abs() + 1e-7)  # cos(Δφ̂ − Δφ)
-        return (weight * (1 - cos)).sum() / (weight.sum() + 1e-7)
+        per_clip = (weight * (1 - cos)).sum((1, 2)) / (weight.sum((1, 2)) + 1e-7)  # (B, n_freqs, S - 1) -> (B,)
+        return per_clip.mean()
 
 
 class ReconstructionLoss(nn.Module):

@@ -8,12 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddp  # noqa: E402
 import train  # noqa: E402
-from train_codec import train_codec  # noqa: E402
-from train_lm import train_lm  # noqa: E402
+import train_codec as codec_stage  # noqa: E402
+import train_lm as lm_stage  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("stage", choices=["codec", "lm"])
@@ -24,7 +25,22 @@ p.add_argument("--batch", type=int, default=4)
 p.add_argument("--micro-batch", type=int, default=0)
 p.add_argument("--workers", type=int, default=0)
 p.add_argument("--resume", action="store_true")
+p.add_argument("--interrupt-at", type=int, help="stop as Ctrl-C would after this step (every rank)")
 args = p.parse_args()
+
+
+class InterruptAt(tqdm):
+    def __init__(self, *a, initial=0, **k):
+        super().__init__(*a, initial=initial, **k)
+        self.steps = initial  # counted here: a disabled bar (ranks > 0) does not count
+
+    def update(self, n=1):
+        super().update(n)
+        self.steps += n
+        if self.steps == args.interrupt_at:
+            raise KeyboardInterrupt
+
+
 
 torch.set_num_threads(1)
 rank = ddp.setup(torch.device("cpu"))
@@ -38,10 +54,25 @@ preset = replace(train.TINY, codec_batch=args.batch, lm_batch=args.batch, lm_war
                  lm=replace(train.TINY_LM, dropout=0.0))
 common = dict(max_steps=args.steps, eval_every=1000, rank=rank, micro_batch=args.micro_batch,
               workers=args.workers, resume=args.resume)
-if args.stage == "codec":
-    summary = train_codec(out, args.data, preset, n_valid=2, **common)
-else:
-    summary = train_lm(out, args.data, preset, **common)
+codec_stage.tqdm = lm_stage.tqdm = InterruptAt
+recorded, mean_over_ranks = [], ddp.mean_over_ranks  # an interrupted LM run's losses, as it logged them
+
+
+def recording(x, rank):
+    x = mean_over_ranks(x, rank)
+    if x.dim() == 0:
+        recorded.append(x.item())
+    return x
+
+
+ddp.mean_over_ranks = recording
+try:
+    if args.stage == "codec":
+        summary = codec_stage.train_codec(out, args.data, preset, n_valid=2, **common)
+    else:
+        summary = lm_stage.train_lm(out, args.data, preset, **common)
+except KeyboardInterrupt:
+    summary = dict(losses=recorded)
 (out / f"saves_{args.stage}_rank{rank.index}.json").write_text(json.dumps(saves))
 if rank.main:
     (out / f"losses_{args.stage}.json").write_text(json.dumps(summary["losses"]))

@@ -72,7 +72,15 @@ def test_codec_on_two_processes_is_the_one_process_run(dataset, tmp_path):
     losses_one = worker("codec", dataset, one, steps=4)
     losses_two = worker("codec", dataset, two, nproc=2, steps=4)
     assert losses_two == pytest.approx(losses_one, abs=1e-5)
-    assert_same_weights(weights(one / "codec.pt"), weights(two / "codec.pt"))
+    # Summing in another order rounds differently, and Adam's first steps (update ≈ lr · sign of the
+    # gradient) amplify that to ~5e-5 in the weights (as micro-batches in one process do) and ~1e-3 in the
+    # codebooks, which average the encoder's outputs. A codebook not synced is off by ~1, a weight by ~lr.
+    one_weights, two_weights = weights(one / "codec.pt"), weights(two / "codec.pt")
+    codebooks = [name for name in one_weights if name.startswith("quantizer.")]
+    assert len(codebooks) == 4 * 4  # K levels × (initialized, codebook, cluster_size, embed_sum)
+    assert_same_weights({k: v for k, v in one_weights.items() if k not in codebooks},
+                        {k: v for k, v in two_weights.items() if k not in codebooks}, atol=2e-4)
+    assert_same_weights({k: one_weights[k] for k in codebooks}, {k: two_weights[k] for k in codebooks}, atol=1e-2)
     assert json.loads((two / "saves_codec_rank1.json").read_text()) == []  # rank 0 alone writes
     assert json.loads((two / "saves_codec_rank0.json").read_text())
 
@@ -96,13 +104,17 @@ def test_lm_on_two_processes_is_the_one_process_run(codec_run, dataset, tmp_path
 def test_resume_under_torchrun_and_with_another_process_count(codec_run, dataset, tmp_path):
     straight = worker("lm", dataset, fresh_lm_dir(codec_run, tmp_path, "straight"), steps=4)
     out = fresh_lm_dir(codec_run, tmp_path, "resumed")
-    worker("lm", dataset, out, nproc=2, steps=2)
-    resumed = worker("lm", dataset, out, nproc=2, steps=3, resume=True)  # torchrun again: step 3
+    worker("lm", dataset, out, nproc=2, steps=4, interrupt_at=2)  # Ctrl-C after step 2: rank 0 saves
+    assert torch.load(out / "lm.pt", weights_only=True)["step"] == 2
+    resumed = worker("lm", dataset, out, nproc=2, steps=4, resume=True, interrupt_at=3)  # torchrun again: step 3
+    assert torch.load(out / "lm.pt", weights_only=True)["step"] == 3
     assert resumed == pytest.approx(straight[2:3], abs=1e-5)
     resumed = worker("lm", dataset, out, nproc=1, steps=4, resume=True)  # one process now: step 4
     assert resumed == pytest.approx(straight[3:4], abs=1e-5)
+    assert_same_weights(weights(out / "lm.pt"), weights(tmp_path / "straight" / "lm.pt"))
 
 
+@pytest.mark.slow
 def test_micro_batches_accumulate_to_the_whole_batch(codec_run, dataset, tmp_path):
     whole = worker("lm", dataset, fresh_lm_dir(codec_run, tmp_path, "whole"), steps=2)
     pieces = worker("lm", dataset, fresh_lm_dir(codec_run, tmp_path, "pieces"), steps=2, micro_batch=1, workers=1)
@@ -110,11 +122,11 @@ def test_micro_batches_accumulate_to_the_whole_batch(codec_run, dataset, tmp_pat
 
 
 def test_training_reads_only_the_windows_it_uses(tmp_path, monkeypatch):
-    """A manifest of 400 clips: the codec stage reads each step's crops (and the validation clips), not
+    """A manifest of 100 clips: the codec stage reads each step's crops (and the validation clips), not
     every file up front; the LM stage reads each clip once to encode it, then windows only."""
     toy.make_toy_dataset(tmp_path, n=4, seed=0)
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
-    (tmp_path / "manifest.jsonl").write_text("\n".join(lines * 100) + "\n")  # 400 entries, 4 files
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines * 25) + "\n")  # 100 entries, 4 files
     reads = {"window": 0, "whole": 0}
     read_window, load_audio = data.read_window, train_codec.load_audio
 
@@ -133,7 +145,7 @@ def test_training_reads_only_the_windows_it_uses(tmp_path, monkeypatch):
     assert reads == {"window": 2 * 2, "whole": 2}
     reads.update(window=0, whole=0)
     train_lm.train_lm(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
-    assert reads["whole"] == 400  # the encoding, once
+    assert reads["whole"] == 100  # the encoding, once
     assert reads["window"] == 2 * 2 + 2  # two steps of two windows, two validation windows
     reads.update(window=0, whole=0)
     train_lm.train_lm(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)

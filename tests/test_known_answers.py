@@ -4,9 +4,12 @@ forgets its context, swapped hinge signs, an off-by-one warm-up, a melody crop o
 place, a deleted straight-through estimator, a missing causal mask)."""
 import math
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+import data
 import discriminator
 import musicgen
 import sampling
@@ -17,7 +20,7 @@ from rvq import VectorQuantizer
 from sampling import generate_codes, sample_next_tokens
 from spectral_codec import build_codec
 from train import TINY_CODEC
-from train_lm import cosine_lr, lm_batch
+from train_lm import CodeWindows, cosine_lr, window_plan
 
 CARD = 16
 
@@ -149,19 +152,24 @@ def test_each_step_reads_the_chroma_frame_of_its_time():
     assert torch.equal(steps, expected) and len(set(expected.tolist())) > 2
 
 
-def test_training_crops_take_the_melody_of_the_same_frames():
-    class Clip:
-        def __init__(self, n):
-            self.wav = torch.arange(n, dtype=torch.float32)[None]  # sample i has value i
-            self.melody_wav = None
-    hop, window = 10, 4
-    clips = [Clip(200), Clip(300)]
-    codes = [torch.arange(20).expand(2, -1), torch.arange(30).expand(2, -1)]  # frame t has token t
-    crops, melody = lm_batch(clips, codes, torch.tensor([0, 1, 1]), window, hop, torch.Generator().manual_seed(3))
-    for crop, audio in zip(crops, melody):
-        start = int(crop[0, 0])
+def test_training_windows_take_the_melody_of_the_same_frames(tmp_path):
+    """A window of codes (frame t holds token t) and its melody audio (sample i holds i / 2^20, exact in
+    float32): the audio must be the window's frames · hop samples, read from disk."""
+    hop, window, n_frames = 10, 4, [20, 30]
+    for i, n in enumerate(n_frames):
+        sf.write(tmp_path / f"{i}.wav", np.arange(n * hop, dtype=np.float32) / 2 ** 20, 1000, subtype="FLOAT")
+    codes = data.codes_array(tmp_path, "train", shape=(2, sum(n_frames)))
+    codes[:] = np.concatenate([np.arange(n) for n in n_frames])[None]
+    codes.flush()
+    data.write_json_atomic(tmp_path / "index.json", {"train": {"entries": [0, 1], "offsets": [0, 20, 50]}})
+    windows = CodeWindows(tmp_path, "train", tmp_path, ["0.wav", "1.wav"], 1000, hop, window)
+    plan = window_plan(n_frames, torch.tensor([0, 1]), 6, window, torch.Generator().manual_seed(3))
+    assert len({start for _, start in plan}) > 1
+    for item in plan:
+        crop, audio = windows[item]
+        start = item[1]
         assert crop[0].tolist() == list(range(start, start + window))
-        assert audio[0].tolist() == list(range(start * hop, (start + window) * hop))
+        assert (audio[0] * 2 ** 20).tolist() == list(range(start * hop, (start + window) * hop))
 
 
 # ---- the learning-rate schedule ------------------------------------------------------------------------

@@ -3,6 +3,7 @@ with identical codebooks, equal to those of one process trained on the whole bat
 forward, EMA, dead-code revival, quantizer dropout), and the same codes; eval needs no process group."""
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -61,6 +62,7 @@ def _worker(rank, tmp):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_end_with_the_codebooks_of_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
