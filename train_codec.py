@@ -137,8 +137,8 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             for group in optimizer.param_groups + (disc_optimizer.param_groups if disc else []):
                 group["lr"] = lr
             ddp.seed_step(seed, step)  # the same on every rank: the RVQ's draws must agree
-            if step == warmup_steps and warmup_steps:
-                init_codebooks()  # the end of the quantizer warm-up
+            if step == warmup_steps:
+                init_codebooks()  # the end of the quantizer warm-up (or step 0 without one)
             share = next(batches).to(device)  # (B / ranks, 1, crop)
             quantize = step >= warmup_steps
             pieces = ddp.micro_batches(share, micro_batch)

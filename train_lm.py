@@ -67,6 +67,9 @@ def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank
     if (folder / "index.json").exists() and json.loads((folder / "index.json").read_text()).get("key") == key:
         return json.loads((folder / "index.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    ddp.barrier(rank)  # every rank has read the old index before rank 0 removes it
+    if rank.main:
+        (folder / "index.json").unlink(missing_ok=True)  # no index until the arrays are complete
     index = dict(key=key)
     for split in ("train", "heldout"):
         ids = [i for i, e in enumerate(entries) if e["split"] == split]
