@@ -42,8 +42,8 @@ MUTANTS = [
      "chroma = self._melody_chroma(melody, 0)"),
     ("melody-index-frame-rate", "lm.py", "index = (seconds * self.chroma.frame_rate)",
      "index = (seconds * self.cfg.frame_rate)"),
-    ("melody-crop-ignores-start", "train_lm.py", "melody = melody[:, start * hop:(start + window) * hop]",
-     "melody = melody[:, :window * hop]"),
+    ("melody-crop-ignores-start", "train_lm.py", "start * self.hop, self.window * self.hop)",
+     "0, self.window * self.hop)"),
     # where the conditions enter (§2.4): the prefix, the per-step melody, the fill, the null melody
     ("prefix-fed-again", "lm.py", "if fresh and prefix is not None:", "if prefix is not None:"),
     ("sum-melody-offset-ignores-cache", "lm.py", "first = 0 if fresh else cache.length - P", "first = 0"),
@@ -71,8 +71,8 @@ MUTANTS = [
      "frame_weight[self.cfg.start_frames:] = self.cfg.start_weight"),
     ("chroma-not-one-hot", "conditioners.py",
      "chroma = torch.nn.functional.one_hot(chroma.argmax(dim=-1), 12).float()", "chroma = chroma"),
-    ("condition-dropout-melody-kept", "conditioners.py", "drop_melody = null | (draw[:, 1] < self.p_melody)",
-     "drop_melody = draw[:, 1] < self.p_melody"),
+    ("condition-dropout-melody-kept", "conditioners.py", "return null, null | (draw[:, 1] < self.p_melody)",
+     "return null, draw[:, 1] < self.p_melody"),
     # training plumbing
     ("lr-warmup-off-by-one", "train_lm.py", "return lr * (step + 1) / warmup", "return lr * step / warmup"),
 ]
