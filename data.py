@@ -78,12 +78,13 @@ class Clip:
     melody_wav: torch.Tensor | None = None  # (1, N) drum-free melody stem, if the data has one
 
 
-def load_clips(data_dir, sample_rate, split=None):
-    """Load every manifest entry (optionally one split) as mono audio at `sample_rate`."""
+def load_clips(data_dir, sample_rate, split=None, limit=None):
+    """Load every manifest entry (optionally one split, optionally the first `limit`) as mono audio at
+    `sample_rate`."""
     if split not in (None, "train", "heldout"):
         raise ValueError(f"split must be None, 'train' or 'heldout', got {split!r}")
     data_dir = Path(data_dir)
-    entries = [e for e in load_manifest(data_dir) if split is None or e["split"] == split]
+    entries = [e for e in load_manifest(data_dir) if split is None or e["split"] == split][:limit]
     clips = []
     for entry in tqdm(entries, desc=f"loading {data_dir}", unit="clip"):
         melody_path = entry["attributes"].get("melody_path")

@@ -22,7 +22,6 @@ import torch
 import data
 import ddp
 import toy
-from audio import load_audio
 from audio import write_audio
 from encodec import EncodecConfig
 from lm import LMConfig, check_input_codebooks
@@ -149,12 +148,8 @@ def write_samples(out_dir, data_dir, n_text=4, seed=0):
     model = MusicGen.load(out)
     samples = out / "samples"
     samples.mkdir(parents=True, exist_ok=True)
-    entries = data.load_manifest(data_dir)  # the first few held-out clips (any clips if none), read alone
-    entries = ([e for e in entries if e["split"] == "heldout"] or entries)[:n_text]
-    clips = [data.Clip(e["path"], load_audio(Path(data_dir) / e["path"], model.sample_rate), e["description"],
-                       e["attributes"], e["split"], None if "melody_path" not in e["attributes"]
-                       else load_audio(Path(data_dir) / e["attributes"]["melody_path"], model.sample_rate))
-             for e in entries]
+    clips = (data.load_clips(data_dir, model.sample_rate, split="heldout", limit=n_text)
+             or data.load_clips(data_dir, model.sample_rate, limit=n_text))  # the first few, read alone
     torch.manual_seed(seed)
     written = []
     audio = model.generate([c.description for c in clips])  # (B, 1, N)
