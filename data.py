@@ -8,7 +8,7 @@ folder is read the same way. Files of another rate or channel count are converte
 Two ways to read it: `load_clips` holds every clip in memory (evaluation, small folders); the training
 stages read lazily instead, `clip_lengths` from the files' headers and `read_window` for one random
 window at a time, so a manifest of any size costs memory for its entries only. The LM stage's codes
-live on disk (`write_codes` / `open_codes`): one (K, total frames) array per split, memory-mapped.
+live on disk (`codes_array` / `open_codes`): one (K, total frames) array per split, memory-mapped.
 
 Shapes: N samples; each clip is (1, N) float32 at the requested sample rate; K codebooks, T frames.
 Data flow: manifest.jsonl + audio files ─load_clips / read_window─▶ train_codec.py, train_lm.py, evaluate.py.

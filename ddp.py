@@ -97,8 +97,9 @@ def mean_over_ranks(x: torch.Tensor, rank: Rank) -> torch.Tensor:
 def wrap(model: torch.nn.Module, rank: Rank, find_unused: bool = False) -> torch.nn.Module:
     """DistributedDataParallel around `model` when there are several ranks, else `model` itself.
     `find_unused`: some parameters sit out (the embeddings of codebooks the LM does not read), so DDP
-    must look for them after each forward instead of waiting for their gradients. No buffer sync at each forward: the only changing buffers,
-    the RVQ codebooks, are kept equal by rvq.py's own all-reduce (all buffers start equal: same seed)."""
+    must look for them after each forward instead of waiting for their gradients. No buffer sync at each
+    forward: the only changing buffers, the RVQ codebooks, are kept equal by rvq.py's own all-reduce (all
+    buffers start equal: same seed)."""
     if rank.world == 1:
         return model
     ids = [rank.device.index] if rank.device.type == "cuda" else None

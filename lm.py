@@ -345,8 +345,7 @@ def save_lm(path, lm: MusicLM, tokenizer: Tokenizer, step=0, optimizer=None, ext
         raise ValueError("save_lm stores a word vocabulary (conditioners.Tokenizer); a T5 LM is loaded with "
                          "MusicGen.from_pretrained(folder)")
     ckpt = dict(config=asdict(lm.cfg), model=lm.state_dict(), vocab=list(tokenizer.vocab), step=step,
-                optimizer=optimizer.state_dict() if optimizer is not None else None,
-                rng=torch.get_rng_state(), **(extra or {}))
+                optimizer=optimizer.state_dict() if optimizer is not None else None, **(extra or {}))
     tmp = f"{path}.tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, path)

@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 import data
 import ddp
-from audio import load_audio
-from audio import write_audio
+from audio import load_audio, stack_wavs, write_audio
 from discriminator import MSSTFTDiscriminator, discriminator_hinge_loss, feature_matching_loss, generator_adversarial_loss
 from encodec import EncodecConfig
 from losses import ReconstructionLoss
@@ -68,6 +67,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     if not valid_paths:  # a small user folder: say so rather than call training clips held-out
         valid_paths, valid_name = train_paths[:n_valid], "training (no held-out clips)"
     valid_wavs = [load_audio(Path(data_dir) / p, cfg.sample_rate) for p in valid_paths] if rank.main else []
+    valid_wav = stack_wavs(valid_wavs, min(w.shape[-1] for w in valid_wavs)) if rank.main else None  # (B, 1, N)
     crop = max(1, round(preset.codec_crop_seconds * cfg.frame_rate)) * cfg.hop_length
     windows = data.Windows(data_dir, cfg.sample_rate)
 
@@ -183,7 +183,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                             usage="/".join(f"{p:.0f}" for p in perplexity(codes, cfg.codebook_size)) if quantize
                             else "warm-up")
             if rank.main and ((step % eval_every == 0 and step > warmup_steps) or step == max_steps):
-                valid, _ = codec_metrics(codec, stack_valid(valid_wavs), per_n_q=True)
+                valid, _ = codec_metrics(codec, valid_wav, per_n_q=True)
                 codec.train()
                 tqdm.write(f"step {step}: {valid_name.split()[0]} mel distance {valid['mel_distance']:.3f} "
                            f"(1..K codebooks: {' / '.join(f'{m:.3f}' for m in valid['mel_distance_per_n_q'])}), "
@@ -200,7 +200,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     seconds = time.time() - started
     if not rank.main:
         return dict(steps=step, seconds=seconds, losses=losses)
-    valid, recon = codec_metrics(codec, stack_valid(valid_wavs), per_n_q=True)
+    valid, recon = codec_metrics(codec, valid_wav, per_n_q=True)
     # A few reconstructions to listen to, next to the checkpoint.
     samples = out / "codec_samples"
     samples.mkdir(exist_ok=True)
@@ -209,12 +209,6 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
         write_audio(samples / f"{i}_reconstruction.wav", recon[i], cfg.sample_rate)
     print(f"codec reconstructions in {samples}")
     return dict(valid, steps=step, seconds=seconds, losses=losses)
-
-
-def stack_valid(wavs):
-    """The validation clips cut to the shortest: (B, 1, N)."""
-    n = min(w.shape[-1] for w in wavs)
-    return torch.stack([w[:, :n] for w in wavs])
 
 
 class DiscriminatorStep(torch.nn.Module):

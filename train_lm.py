@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import data
 import ddp
-from audio import load_audio
+from audio import load_audio, stack_wavs
 from conditioners import ConditionDropout, Tokenizer, word_dropout
 from encodec import EncodecModel
 from lm import LMConfig, MusicLM, save_lm
@@ -64,8 +64,9 @@ def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank
     folder = Path(folder)
     key = hashlib.sha1(repr([(e["path"], e["split"]) for e in entries]).encode()
                        + b"".join(v.cpu().numpy().tobytes() for v in codec.state_dict().values())).hexdigest()
-    if (folder / "index.json").exists() and json.loads((folder / "index.json").read_text()).get("key") == key:
-        return json.loads((folder / "index.json").read_text())
+    old = json.loads((folder / "index.json").read_text()) if (folder / "index.json").exists() else {}
+    if old.get("key") == key:
+        return old
     folder.mkdir(parents=True, exist_ok=True)
     ddp.barrier(rank)  # every rank has read the old index before rank 0 removes it
     if rank.main:
@@ -85,8 +86,7 @@ def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank
         batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)][rank.index::rank.world]
         for batch in tqdm(batches, desc=f"encode {split}", leave=False, disable=not rank.main):
             wavs = [load_audio(Path(data_dir) / entries[ids[j]]["path"], codec.sample_rate) for j in batch]
-            n = max(w.shape[-1] for w in wavs)
-            wav = torch.stack([torch.nn.functional.pad(w, (0, n - w.shape[-1])) for w in wavs])  # (B, 1, N)
+            wav = stack_wavs(wavs)  # (B, 1, N), zero-padded to the longest
             with torch.no_grad():
                 codes = codec.encode(wav.to(codec_device(codec))).cpu()  # (B, 1, N) -> (B, K, T)
             for j, clip_codes in zip(batch, codes):
