@@ -42,8 +42,11 @@ class Snake(nn.Module):
         return x + torch.sin(alpha * x).pow(2) / alpha
 
 
-def activation(cfg) -> nn.Module:
-    return Snake() if cfg.snake else nn.ELU()
+def activation(cfg, inplace=False) -> nn.Module:
+    """The codec's nonlinearity. `inplace`: the ELU overwrites its input, for an input nothing else reads
+    (a conv's or a residual sum's fresh output); at 32 kHz such a (B, C, N) tensor is tens of MB, and a
+    new one costs more to allocate (page faults) than the ELU itself. Snake always makes a new tensor."""
+    return Snake() if cfg.snake else nn.ELU(inplace=inplace)
 
 
 def conv1d(in_channels, out_channels, kernel_size, stride=1, dilation=1):
@@ -68,6 +71,8 @@ def pad1d(x, left: int, right: int, mode: str):
     """F.pad (B, C, L) -> (B, C, left + L + right), except that it can also reflect an input no longer
     than the padding (EnCodec's workaround): zeros are appended first, so there is something to reflect
     the right side from, and cut off again afterwards."""
+    if left == right == 0:
+        return x  # a 1x1 conv pads nothing: no copy
     extra = max(left, right) - x.shape[-1] + 1 if mode == "reflect" else 0
     if extra <= 0:
         return F.pad(x, (left, right), mode)
@@ -120,9 +125,14 @@ class TrimmedConvTranspose1d(nn.Module):
         self.trim = ratio  # p = k - r = 2r - r
 
     def forward(self, x):
-        y = self.conv(x)                                    # (B, C, L) -> (B, C', L·r + p)
+        # The same sum as self.conv(x), which torch runs as a 2-D transposed conv on (B, C, 1, L) and
+        # then converts from the channels-last layout its kernel writes; called that way directly,
+        # with a channels-last input, it is faster at 32 kHz (NOTES.md, "Decoding at the real size").
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, L) -> (B, C, 1, L)
+        y = F.conv_transpose2d(x, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
         right = self.trim // 2
-        return y[..., self.trim - right:y.shape[-1] - right]  # -> (B, C', L·r)
+        y = y[..., 0, self.trim - right:y.shape[-1] - right]  # (B, C', 1, L·r + p) -> (B, C', L·r)
+        return y.contiguous()
 
 
 class SEANetResidualBlock(nn.Module):
@@ -135,11 +145,12 @@ class SEANetResidualBlock(nn.Module):
         hidden = dim // cfg.compress
         self.block = nn.Sequential(
             activation(cfg), PaddedConv1d(cfg, dim, hidden, cfg.residual_kernel_size, dilation=dilation),
-            activation(cfg), PaddedConv1d(cfg, hidden, dim, 1))
+            activation(cfg, inplace=True), PaddedConv1d(cfg, hidden, dim, 1))
         self.shortcut = PaddedConv1d(cfg, dim, dim, 1) if cfg.use_conv_shortcut else nn.Identity()
 
     def forward(self, x):
-        return self.shortcut(x) + self.block(x)  # (B, C, L) -> (B, C, L)
+        # The branch's output is a fresh tensor: the shortcut is added into it rather than into a new one.
+        return self.block(x).add_(self.shortcut(x))  # (B, C, L) -> (B, C, L)
 
 
 class SEANetEncoder(nn.Module):
@@ -153,9 +164,9 @@ class SEANetEncoder(nn.Module):
             layers += [SEANetResidualBlock(cfg, channels, dilation=cfg.dilation_growth_rate ** j)
                        for j in range(cfg.n_residual_layers)]
             # (B, C, L) -> (B, 2C, ⌈L / ratio⌉)
-            layers += [activation(cfg), PaddedConv1d(cfg, channels, 2 * channels, 2 * ratio, stride=ratio)]
+            layers += [activation(cfg, inplace=True), PaddedConv1d(cfg, channels, 2 * channels, 2 * ratio, stride=ratio)]
             channels *= 2
-        layers += [LSTMSkip(channels, cfg.lstm_layers), activation(cfg),
+        layers += [LSTMSkip(channels, cfg.lstm_layers), activation(cfg, inplace=True),
                    PaddedConv1d(cfg, channels, cfg.dimension, cfg.last_kernel_size)]
         self.layers = nn.Sequential(*layers)
 
@@ -172,11 +183,11 @@ class SEANetDecoder(nn.Module):
         layers = [PaddedConv1d(cfg, cfg.dimension, channels, cfg.kernel_size), LSTMSkip(channels, cfg.lstm_layers)]
         for ratio in cfg.ratios:  # decoder: large strides first (8, 5, 4, 4)
             # (B, C, L) -> (B, C / 2, L·ratio)
-            layers += [activation(cfg), TrimmedConvTranspose1d(channels, channels // 2, ratio)]
+            layers += [activation(cfg, inplace=True), TrimmedConvTranspose1d(channels, channels // 2, ratio)]
             channels //= 2
             layers += [SEANetResidualBlock(cfg, channels, dilation=cfg.dilation_growth_rate ** j)
                        for j in range(cfg.n_residual_layers)]
-        layers += [activation(cfg), PaddedConv1d(cfg, channels, 1, cfg.last_kernel_size)]
+        layers += [activation(cfg, inplace=True), PaddedConv1d(cfg, channels, 1, cfg.last_kernel_size)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z):

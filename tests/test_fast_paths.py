@@ -1,12 +1,18 @@
 """The decoding fast paths give what the plain paths give: transformer.Linear's (W·xᵀ)ᵀ for large weights
-and few rows, and half-precision attention computed in float32 on a CPU. Their speed is benchmark.py's
+and few rows, half-precision attention computed in float32 on a CPU, and the SEANet codec's in-place
+activations and sums and channels-last transposed convs. Their speed is benchmark.py's
 business (`--versus`); here only that they change nothing a user could hear."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import encodec
+import seanet
 import transformer
+from dataclasses import replace
 from lm import LMConfig, MusicLM
 from sampling import generate_codes
 from transformer import Linear, attention
@@ -61,3 +67,49 @@ def test_half_precision_attention_runs_in_float32_on_a_cpu(dtype, monkeypatch):
     assert out.dtype == dtype and seen == [torch.float32] and (out[1] == 0).all()
     expected = attention(q.to(dtype).float(), k.to(dtype).float(), v.to(dtype).float(), mask)
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+
+
+def plain_seanet(monkeypatch):
+    """Swap seanet.py's allocation-saving forms for their plain counterparts: every ELU makes a new
+    tensor, the residual sum is `shortcut(x) + block(x)`, the transposed conv is nn.ConvTranspose1d's
+    own call, and a 1x1 conv's zero padding goes through F.pad."""
+    def block_forward(self, x):
+        return self.shortcut(x) + self.block(x)
+
+    def transposed_forward(self, x):
+        y, right = self.conv(x), self.trim // 2
+        return y[..., self.trim - right:y.shape[-1] - right]
+    monkeypatch.setattr(seanet.SEANetResidualBlock, "forward", block_forward)
+    monkeypatch.setattr(seanet.TrimmedConvTranspose1d, "forward", transposed_forward)
+    monkeypatch.setattr(nn.ELU, "forward", lambda self, x: F.elu(x, self.alpha))
+    pad1d = seanet.pad1d
+    monkeypatch.setattr(seanet, "pad1d", lambda x, left, right, mode: F.pad(x, (0, 0), mode) if left == right == 0
+                        else pad1d(x, left, right, mode))
+
+
+def test_the_seanet_codecs_fast_forms_give_the_plain_forms_outputs_and_gradients(monkeypatch):
+    """EnCodec's SEANet (ELU, reflect padding) with in-place activations and residual sums, and the
+    transposed convs run channels-last: the plain forms' reconstruction and weight gradients, and codes
+    decoded to the same audio. Autograd would also refuse an in-place write over a value it still needs."""
+    torch.manual_seed(0)
+    codec = encodec.EncodecModel(replace(encodec.EncodecConfig(), n_filters=4, dimension=8, codebook_size=16,
+                                         lstm_layers=1, sample_rate=16000)).train()
+    wav = torch.randn(2, 1, 2 * 640 + 37)
+    twin = copy.deepcopy(codec)  # training updates the quantizer's codebooks: each side starts from the same
+
+    def run(codec):
+        torch.manual_seed(1)
+        recon, codes, commitment = codec(wav)
+        (recon.pow(2).mean() + commitment).backward()
+        grads = {name: p.grad.clone() for name, p in codec.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            return recon.detach(), grads, codec.decode(codes)
+    fast = run(codec)
+    plain_seanet(monkeypatch)
+    plain = run(twin)
+    assert any(isinstance(m, nn.ELU) and m.inplace for m in codec.modules())
+    torch.testing.assert_close(fast[0], plain[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast[2], plain[2], atol=1e-6, rtol=1e-5)
+    assert fast[1].keys() == plain[1].keys() and len(fast[1]) > 20
+    for name in fast[1]:
+        torch.testing.assert_close(fast[1][name], plain[1][name], atol=1e-6, rtol=1e-4, msg=name)
