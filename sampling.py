@@ -30,23 +30,26 @@ def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, to
     if not use_sampling or temperature <= 0:
         return logits.argmax(dim=-1)  # greedy decoding
     # Temperature: divide the logits, flattening (T > 1) or sharpening (T < 1) the distribution.
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float() / temperature if temperature != 1 else logits.float()
     if top_p > 0:
         # Top-p (nucleus): keep the smallest set of tokens whose probability sums to p.
+        probs = torch.softmax(logits, dim=-1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass *before* a token already exceeds p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    elif top_k > 0:
-        # Top-k: keep the k most likely tokens (k capped at codebook_size).
-        # The k-th largest is the (card - k + 1)-th smallest; kthvalue finds it ~2x faster than topk(k).
-        kth = probs.kthvalue(card - min(top_k, card) + 1, dim=-1, keepdim=True).values  # (B, K, 1)
-        probs = probs.masked_fill(probs < kth, 0.0)
-    probs = probs / probs.sum(-1, keepdim=True)
-    # Sample: inverse-CDF with one uniform number per (b, k).
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    else:
+        if 0 < top_k < card:
+            # Top-k: keep the k largest logits. The k-th largest is the (card - k + 1)-th smallest;
+            # kthvalue finds it ~2x faster than topk(k). The others get probability exp(-inf) = 0.
+            kth = logits.kthvalue(card - top_k + 1, dim=-1, keepdim=True).values  # (B, K, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)  # (B, K, card)
+    # Sample by inverting the cumulative distribution with one uniform number per (b, k), scaled to the
+    # kept mass (so top-p needs no renormalisation and rounding can never run past the last token);
+    # `right=True` skips the zero-probability tokens a draw of exactly 0 would otherwise land on.
+    cdf = probs.cumsum(-1)                                                        # (B, K, card)
     uniform = torch.rand(B, K, 1, generator=generator, device=logits.device)
-    tokens = torch.searchsorted(probs.cumsum(-1), uniform).squeeze(-1)  # (B, K, 1) -> (B, K)
-    return tokens.clamp_(max=card - 1)  # guards the float-rounding case cumsum[-1] < uniform
+    return torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True).squeeze(-1)  # (B, K, 1) -> (B, K)
 
 
 @torch.inference_mode()  # like no_grad, minus autograd's version bookkeeping: ~14% faster cached steps here

@@ -26,7 +26,7 @@ FIRST = ["tests/test_known_answers.py", "tests/test_patterns.py", "tests/test_rv
 MUTANTS = [
     # sampler (§3)
     ("sampler-temperature", "sampling.py", "logits.float() / temperature", "logits.float() * temperature"),
-    ("sampler-top-k-off-by-one", "sampling.py", "card - min(top_k, card) + 1", "card - min(top_k, card)"),
+    ("sampler-top-k-off-by-one", "sampling.py", "card - top_k + 1", "card - top_k"),
     ("sampler-top-p-mass", "sampling.py", "sorted_probs.cumsum(-1) - sorted_probs > top_p",
      "sorted_probs.cumsum(-1) > top_p"),
     # classifier-free guidance

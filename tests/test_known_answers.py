@@ -54,6 +54,18 @@ def test_sampler_draws_the_hand_computed_distribution(kwargs, expected):
     assert torch.allclose(empirical(torch.tensor([0.0, 1.0, 2.0, 3.0]), **kwargs), expected, atol=0.01)
 
 
+@pytest.mark.parametrize("uniform", [0.0, 1.0 - 2.0 ** -24])
+@pytest.mark.parametrize("kwargs", [dict(top_k=2), dict(top_k=0, top_p=0.5)])
+def test_extreme_uniform_draws_never_pick_a_token_the_filter_removed(monkeypatch, uniform, kwargs):
+    """torch.rand's two extremes: 0 (which a left-sided search would place on a leading zero-probability
+    token) and the largest float below 1 (which float rounding of the cumulative sum could push past the
+    last kept token)."""
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, device=None: torch.full(shape, uniform))
+    logits = torch.tensor([[[5.0, 0.0, 6.0, 1.0, 0.5]]])  # kept: tokens 0 and 2 (top-k 2), 2 alone (top-p 0.5)
+    token = int(sample_next_tokens(logits, **kwargs))
+    assert token in ({0, 2} if "top_k" in kwargs and kwargs["top_k"] == 2 else {2})
+
+
 def test_greedy_and_zero_temperature_take_the_argmax():
     logits = torch.randn(3, 4, CARD, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sample_next_tokens(logits, use_sampling=False), logits.argmax(-1))
