@@ -132,7 +132,7 @@ class TrimmedConvTranspose1d(nn.Module):
         y = F.conv_transpose2d(x, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
         right = self.trim // 2
         y = y[..., 0, self.trim - right:y.shape[-1] - right]  # (B, C', 1, L·r + p) -> (B, C', L·r)
-        return y.contiguous()
+        return y.contiguous()  # back to row-major (B, C', L·r): the padding and residual sum after it read it faster
 
 
 class SEANetResidualBlock(nn.Module):
@@ -164,7 +164,8 @@ class SEANetEncoder(nn.Module):
             layers += [SEANetResidualBlock(cfg, channels, dilation=cfg.dilation_growth_rate ** j)
                        for j in range(cfg.n_residual_layers)]
             # (B, C, L) -> (B, 2C, ⌈L / ratio⌉)
-            layers += [activation(cfg, inplace=True), PaddedConv1d(cfg, channels, 2 * channels, 2 * ratio, stride=ratio)]
+            layers += [activation(cfg, inplace=True),
+                       PaddedConv1d(cfg, channels, 2 * channels, 2 * ratio, stride=ratio)]
             channels *= 2
         layers += [LSTMSkip(channels, cfg.lstm_layers), activation(cfg, inplace=True),
                    PaddedConv1d(cfg, channels, cfg.dimension, cfg.last_kernel_size)]
