@@ -12,6 +12,7 @@ global batch's mean loss because the slices have equal sizes. A resume needs no 
 draws the same batch whenever it runs, under any N.
 """
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,15 @@ def micro_batches(items, micro_batch: int):
     if len(items) % size:
         raise ValueError(f"a share of {len(items)} does not split into micro-batches of {size}")
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def sync_gradients(model: torch.nn.Module, last: bool):
+    """The context of one micro-batch's forward and backward: DDP averages the gradients over the ranks on
+    the step's last micro-batch only (`no_sync` on the others, whose gradients add up locally); a model
+    that is not wrapped in DDP (one process) has nothing to sync."""
+    if last or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
 
 
 def mean_over_ranks(x: torch.Tensor, rank: Rank) -> torch.Tensor:

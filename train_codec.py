@@ -13,7 +13,6 @@ Shape letters: B batch, N samples, K codebooks, T frames, D latent dimension.
 Data flow: dataset files → crops read from disk (B, 1, N) → codec → codec.pt and codec_samples/*.wav.
 """
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -146,7 +145,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             recons = []
             for j, wav in enumerate(pieces):
                 # Gradients add up over the micro-batches; DDP averages them over the ranks on the last one.
-                sync = nullcontext() if j == len(pieces) - 1 or rank.world == 1 else model.no_sync()
+                sync = ddp.sync_gradients(model, last=j == len(pieces) - 1)
                 with sync:
                     recon, codes, commitment = model(wav, quantize=quantize)  # (b, 1, crop), (b, k, T)
                     loss, mel = reconstruction_loss(wav, recon, commitment)
@@ -170,7 +169,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             if disc is not None:
                 # Discriminator side: hinge loss on real vs (detached) reconstructions.
                 for j, (wav, recon) in enumerate(zip(pieces, recons)):
-                    sync = nullcontext() if j == len(pieces) - 1 or rank.world == 1 else disc_model.no_sync()
+                    sync = ddp.sync_gradients(disc_model, last=j == len(pieces) - 1)
                     with sync:
                         (disc_model(wav, recon) * len(wav) / len(share)).backward()
                 disc_optimizer.step()

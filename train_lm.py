@@ -279,7 +279,7 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
             loss_sum, per_codebook_sum = 0.0, 0.0
             for j, piece in enumerate(pieces):
                 # Gradients add up over the micro-batches; DDP averages them over the ranks on the last one.
-                sync = nullcontext() if j == len(pieces) - 1 or rank.world == 1 else model.no_sync()
+                sync = ddp.sync_gradients(model, last=j == len(pieces) - 1)
                 ids, mask, chroma = conditions([descriptions[i] for i in piece], melody[piece],
                                                dropped=(null[piece], drop_melody[piece]))
                 with sync, autocast:
