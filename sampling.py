@@ -30,7 +30,7 @@ def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, to
     if not use_sampling or temperature <= 0:
         return logits.argmax(dim=-1)  # greedy decoding
     # Temperature: divide the logits, flattening (T > 1) or sharpening (T < 1) the distribution.
-    logits = logits.float() / temperature if temperature != 1 else logits.float()
+    logits = logits.float() / temperature
     if top_p > 0:
         # Top-p (nucleus): keep the smallest set of tokens whose probability sums to p.
         probs = torch.softmax(logits, dim=-1)
