@@ -10,6 +10,7 @@ An original text that is no longer found is an error: the list must follow the c
     python -m experiments.mutation_check              # every mutant (a few minutes each when missed)
     python -m experiments.mutation_check --list
     python -m experiments.mutation_check --only sampler-temperature guidance-null-melody
+    python -m experiments.mutation_check --distributed   # data-parallel faults, against the torchrun tests
 """
 import argparse
 import shutil
@@ -77,9 +78,25 @@ MUTANTS = [
     ("lr-warmup-off-by-one", "train_lm.py", "return lr * (step + 1) / warmup", "return lr * step / warmup"),
 ]
 
+# Data-parallel faults, run against the multi-process tests (slow: torchrun, 2 processes) instead.
+DISTRIBUTED = ["-m", "slow", "tests/test_distributed.py", "tests/test_rvq_distributed.py"]
+DISTRIBUTED_MUTANTS = [
+    ("ddp-rvq-statistics-not-reduced", "rvq.py", "        _all_reduce_sum(counts)\n        _all_reduce_sum(sums)\n", ""),
+    ("ddp-revival-from-own-slice", "rvq.py", "        x = _all_gather_rows(x)\n", ""),
+    ("ddp-rank-trains-wrong-slice", "ddp.py", "return items[rank.index * share:(rank.index + 1) * share]",
+     "return items[:share]"),
+    ("ddp-gradient-not-averaged", "ddp.py", "    return torch.nn.parallel.DistributedDataParallel(model, ",
+     "    return model\n    return torch.nn.parallel.DistributedDataParallel(model, "),
+    ("ddp-gradient-summed", "ddp.py", "    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, "
+     "find_unused_parameters=find_unused,\n                                                     forward_sync_buffers=False)",
+     "    wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused, "
+     "forward_sync_buffers=False)\n    wrapped.register_comm_hook(None, lambda _, bucket: dist.all_reduce(bucket.buffer(), "
+     "async_op=True).get_future().then(lambda f: f.value()[0]))  # no division by the rank count\n    return wrapped"),
+]
 
-def run_mutant(name, file, original, planted, timeout):
-    """-> (caught: bool, seconds, first failing test or '')."""
+
+def run_mutant(name, file, original, planted, timeout, tests):
+    """-> (caught: bool, seconds, the failing tests (with -x: the first))."""
     with tempfile.TemporaryDirectory() as tmp:
         files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
         for relative in files:
@@ -92,10 +109,10 @@ def run_mutant(name, file, original, planted, timeout):
             raise SystemExit(f"error: mutant {name}: {original!r} occurs {source.count(original)} times in {file}")
         target.write_text(source.replace(original, planted))
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *FIRST, "tests"],
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                                 cwd=tmp, capture_output=True, text=True, timeout=timeout)
-        failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
-        return result.returncode != 0, time.perf_counter() - started, (failed[0][7:] if failed else "")
+        failed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        return result.returncode != 0, time.perf_counter() - started, " ".join(failed)
 
 
 def main(argv=None):
@@ -103,15 +120,18 @@ def main(argv=None):
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--only", nargs="+", help="run only these mutants")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    p.add_argument("--distributed", action="store_true",
+                   help="the data-parallel mutants, against every multi-process test (not -x: all that fail are named)")
     args = p.parse_args(argv)
-    mutants = [m for m in MUTANTS if not args.only or m[0] in args.only]
+    pool, tests = (DISTRIBUTED_MUTANTS, DISTRIBUTED) if args.distributed else (MUTANTS, ("-x", *FIRST, "tests"))
+    mutants = [m for m in pool if not args.only or m[0] in args.only]
     if args.list or not mutants:
-        for name, file, original, planted in MUTANTS:
+        for name, file, original, planted in pool:
             print(f"{name:32s} {file:16s} {original!r} -> {planted!r}")
         return
     caught = 0
     for name, file, original, planted in mutants:
-        hit, seconds, test = run_mutant(name, file, original, planted, args.timeout)
+        hit, seconds, test = run_mutant(name, file, original, planted, args.timeout, tests)
         caught += hit
         print(f"{'caught' if hit else 'MISSED':6s} {name:32s} {seconds:5.0f} s  {test}", flush=True)
     print(f"{caught} of {len(mutants)} planted bugs caught ({100 * caught / len(mutants):.0f}%)")

@@ -1,17 +1,28 @@
 """Runs one training stage as `python tests/ddp_worker.py ...` (one process) or under `torchrun` (several),
-for tests/test_distributed.py. Writes the summary's per-step losses (rank 0) and every torch.save each
-rank made, so the test can check who wrote the checkpoints."""
+for tests/test_distributed.py. Writes the summary's per-step losses and the first step's gradients, as
+the optimizer saw them (rank 0: after DDP's averaging), and every torch.save each rank made, so the test
+can check who wrote the checkpoints.
+
+The stage trains in float64 (its weights, audio and losses; the chroma, a one-hot argmax, stays float32):
+one process and N processes are the same run in exact arithmetic, and float64 keeps their rounding apart
+small enough to compare (tests/test_distributed.py says why float32 does not)."""
 import argparse
+import copy
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import audio  # noqa: E402
+import conditioners  # noqa: E402
+import data  # noqa: E402
 import ddp  # noqa: E402
+import losses  # noqa: E402
 import train  # noqa: E402
 import train_codec as codec_stage  # noqa: E402
 import train_lm as lm_stage  # noqa: E402
@@ -41,6 +52,39 @@ class InterruptAt(tqdm):
             raise KeyboardInterrupt
 
 
+
+def in_float32(function):
+    """`function` run with float32 as the default dtype (the rest of this process runs in float64)."""
+    def wrapped(*a, **k):
+        torch.set_default_dtype(torch.float32)
+        try:
+            return function(*a, **k)
+        finally:
+            torch.set_default_dtype(torch.float64)
+    return wrapped
+
+
+# ---- float64: every tensor the stage creates, plus the three places that make float32 on purpose ----
+torch.set_default_dtype(torch.float64)
+read_window, load_audio, reconstruction_loss = data.read_window, audio.load_audio, losses.ReconstructionLoss
+data.read_window = lambda *a: read_window(*a).double()                        # soundfile reads float32
+codec_stage.load_audio = lm_stage.load_audio = lambda *a, **k: load_audio(*a, **k).double()
+codec_stage.ReconstructionLoss = lambda cfg: reconstruction_loss(cfg).double()  # float32 filter banks
+metrics = in_float32(codec_stage.codec_metrics)  # the held-out metrics, on a float32 copy of the codec
+codec_stage.codec_metrics = lambda codec, wav, **k: metrics(copy.deepcopy(codec).float(), wav.float(), **k)
+conditioners.ChromaExtractor.__init__ = in_float32(conditioners.ChromaExtractor.__init__)
+
+# The first step's gradients, as the optimizer receives them (under DDP: averaged over the ranks).
+gradients = []
+
+
+def record_gradients(optimizer, args, kwargs):
+    if not gradients:
+        gradients.append([p.grad.clone() for group in optimizer.param_groups for p in group["params"]
+                          if p.grad is not None])
+
+
+register_optimizer_step_pre_hook(record_gradients)
 
 torch.set_num_threads(1)
 rank = ddp.setup(torch.device("cpu"))
@@ -76,4 +120,5 @@ except KeyboardInterrupt:
 (out / f"saves_{args.stage}_rank{rank.index}.json").write_text(json.dumps(saves))
 if rank.main:
     (out / f"losses_{args.stage}.json").write_text(json.dumps(summary["losses"]))
+    original_save(gradients[0] if gradients else [], out / f"gradients_{args.stage}.pt")
 ddp.teardown()
