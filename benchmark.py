@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
+import autotune
 import train
+import transformer
 from conditioners import Tokenizer
 from encodec import EncodecConfig, EncodecModel
 from experiments import manifest_memory
@@ -234,8 +236,9 @@ def resident_bytes(field="VmRSS") -> int:
 
 
 def copy_bandwidth(megabytes=512, rounds=5) -> float:
-    """Bytes per second a plain tensor copy reads on this machine (best of `rounds`): the speed limit
-    of a decoding step, which reads every weight once for a batch of two rows."""
+    """Bytes per second a plain tensor copy reads on this machine (best of `rounds`). A copy also writes
+    what it reads, so on a CPU whose cores share one memory bus this is about half of what a read-only
+    stream (a matrix-vector product) gets: a rough gauge of the machine, not a floor."""
     source = torch.ones(megabytes * 2**20 // 4)
     target = torch.zeros_like(source)  # touched: the first write to fresh pages would time the page faults
     best = float("inf")
@@ -246,13 +249,59 @@ def copy_bandwidth(megabytes=512, rounds=5) -> float:
     return source.numel() * 4 / best
 
 
-def weight_bytes_per_step(lm) -> int:
-    """Bytes of the weights one decoding step reads: every decoder weight except the cross-attention's
-    K/V projections (computed once per generation) and the embedding tables (one row each)."""
+def step_weights(lm) -> list:
+    """The weights one decoding step reads: every decoder weight except the cross-attention's K/V
+    projections (computed once per generation) and the embedding tables (one row each)."""
     skipped = {id(p) for block in lm.transformer.blocks if block.cross_attention is not None
                for p in block.cross_attention.to_kv.parameters()}
-    params = [p for p in list(lm.transformer.parameters()) + list(lm.heads.parameters()) if id(p) not in skipped]
-    return sum(p.numel() * p.element_size() for p in params)
+    return [p for p in list(lm.transformer.parameters()) + list(lm.heads.parameters()) if id(p) not in skipped]
+
+
+def weight_bytes_per_step(lm) -> int:
+    return sum(p.numel() * p.element_size() for p in step_weights(lm))
+
+
+def product_floor(lm, rounds: int = 5) -> dict:
+    """The floor of a decoding step from what this machine does: the step's own matrix products (every
+    matrix it reads, times two rows, in the model's order and dtype), run back to back in each of
+    transformer.Linear's forms, best of `rounds`. Their bytes ÷ the faster form's time is the measured
+    GEMV bandwidth, and 1 / that time the steps per second of a step that did nothing else."""
+    matrices = [p for p in step_weights(lm) if p.dim() == 2]
+    rows = {p.shape[1]: torch.randn(2, p.shape[1], dtype=p.dtype) for p in matrices}
+    best = {}
+    with torch.inference_mode():
+        for name, form in transformer.LINEAR_FORMS.items():
+            for p in matrices:  # warm-up
+                form(rows[p.shape[1]], p, None)
+            best[name] = float("inf")
+            for _ in range(rounds):
+                began = time.perf_counter()
+                for p in matrices:
+                    form(rows[p.shape[1]], p, None)
+                best[name] = min(best[name], time.perf_counter() - began)
+    weights = sum(p.numel() * p.element_size() for p in matrices)
+    result = {f"gemv_gb_per_second {name}": weights / seconds / 1e9 for name, seconds in best.items()}
+    result["floor_steps_per_second"] = 1 / min(best.values())
+    return result
+
+
+def cpu_name() -> str:
+    """The CPU's model and the vector extensions that decide the fast paths (Linux: /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)})"
+
+
+def print_decisions():
+    """What autotune.py measured and chose in this process, one line per decision."""
+    for key, decision in autotune.decisions().items():
+        times = ", ".join(f"{name} {seconds * 1e6:.1f} µs" for name, seconds in decision["seconds"].items())
+        print(f"  {' '.join(str(part) for part in key):52s} -> {decision['choice']}   ({times})")
 
 
 def alternate(fns: dict, rounds: int) -> dict:
@@ -280,9 +329,9 @@ def time_versus(config: str, dtype_name: str, seconds: float, rounds: int) -> di
         if reference is not None:
             reference.audio_encoder.float()  # both codecs decode in float32 (ours stays float32 in MusicGen.to)
         decode = alternate({name: decoding[name] for name in fns}, rounds)
-    bandwidth, weights = copy_bandwidth(), weight_bytes_per_step(lm)
+    bandwidth, weights, floor = copy_bandwidth(), weight_bytes_per_step(lm), product_floor(lm)
     del reference, codec, lm
-    result = dict(config=config, dtype=dtype_name, steps=steps, torch_threads=torch.get_num_threads(),
+    result = dict(config=config, dtype=dtype_name, steps=steps, cpu=cpu_name(), torch_threads=torch.get_num_threads(),
                   reference="HF transformers " + transformers.__version__ if transformers else "not installed")
     for name in fns:
         command = [sys.executable, __file__, "--memory-of", name, "--config", config, "--dtype", dtype_name,
@@ -296,7 +345,10 @@ def time_versus(config: str, dtype_name: str, seconds: float, rounds: int) -> di
         result["codec_decode_ratio"] = decode["reference"] / decode["ours"]
     result["weights_mb_read_per_step"] = weights / 2**20
     result["copy_gb_per_second"] = bandwidth / 1e9
-    result["floor_steps_per_second"] = bandwidth / weights  # if a step cost nothing but reading its weights
+    result.update(floor)  # the step's own products, timed: a step that did nothing else
+    result["ours_fraction_of_floor"] = result["ours_steps_per_second"] / floor["floor_steps_per_second"]
+    if "reference" in fns:
+        result["reference_fraction_of_floor"] = result["reference_steps_per_second"] / floor["floor_steps_per_second"]
     return result
 
 
@@ -377,6 +429,9 @@ def main(argv=None):
             result.update(bfloat16_agreement(model))
     for key, value in result.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
+    if autotune.decisions():
+        print("fast paths chosen by measurement on this machine (autotune.py):")
+        print_decisions()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

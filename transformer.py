@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import autotune
+
 # Which attention kernel to run: "sdpa" (torch's fused F.scaled_dot_product_attention, fast) or
 # "manual" (the equation written out below, to read). tests/test_transformer.py shows they agree.
 ATTENTION = "sdpa"
@@ -85,10 +87,18 @@ def attention(q, k, v, mask=None, is_causal=False, impl=None):
     """
     impl = ATTENTION if impl is None else impl
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        # A CPU without bfloat16 arithmetic (AVX2) runs torch's half-precision attention ~10× slower
-        # than float32's (NOTES.md, "Decoding at the real size"): the scores are computed in float32
-        # and the output cast back.
-        return attention(q.float(), k.float(), v.float(), mask, is_causal, impl).to(q.dtype)
+        # Half precision on a CPU: without bfloat16 arithmetic (AVX2) torch's kernels run it several
+        # times slower than float32's, with it (AVX512-BF16, AMX) several times faster. autotune.py times
+        # both on this machine, per number of heads and queries and per octave of keys (the cost grows
+        # with the cache), and keeps the faster.
+        key = ("attention", q.dtype, impl, *q.shape[:3], k.shape[2].bit_length(), mask is not None, is_causal)
+        form = autotune.choose(key, HALF_ATTENTION_FORMS, q, k, v, mask, is_causal, impl)
+        return HALF_ATTENTION_FORMS[form](q, k, v, mask, is_causal, impl)
+    return dot_product_attention(q, k, v, mask, is_causal, impl)
+
+
+def dot_product_attention(q, k, v, mask, is_causal, impl):
+    """`attention` in the inputs' dtype (its arguments, impl given)."""
     if is_causal:
         if mask is not None or q.shape[2] != k.shape[2]:
             raise ValueError("is_causal is for square attention without a mask; pass causal_mask() instead")
@@ -121,22 +131,61 @@ def attention(q, k, v, mask=None, is_causal=False, impl=None):
     return out
 
 
+def attention_in_float32(q, k, v, mask, is_causal, impl):
+    """`attention` of half-precision inputs computed in float32, the output cast back."""
+    return dot_product_attention(q.float(), k.float(), v.float(), mask, is_causal, impl).to(q.dtype)
+
+
+HALF_ATTENTION_FORMS = {"in its dtype": dot_product_attention, "in float32": attention_in_float32}  # plain first
+
+
 class Linear(nn.Linear):
-    """nn.Linear (same weight, same state-dict names), computing y = x·Wᵀ as (W·xᵀ)ᵀ when x holds at
-    most 4 rows in float32 and W is large: a decoding step of a real-size model, 2 rows with guidance.
-    Same maths; such a step reads every weight once, and on a CPU a row-major W streams faster through
-    W·xᵀ than through x·Wᵀ: 1.4× per step at musicgen-small's size
-    (NOTES.md, "Decoding at the real size"). Small weights (the tiny LM: per-call cost dominates),
-    bfloat16 and training batches gain nothing from it and take nn.Linear's path."""
+    """nn.Linear (same weight, same state-dict names), y = x·Wᵀ, with machine-dependent fast forms.
+
+    A decoding step multiplies a few rows (2 with guidance) by every weight. At the real size its time is
+    the time to read W; written as (W·xᵀ)ᵀ, the same products and sums read W in another order, and which
+    order streams faster depends on the CPU and the dtype (an AVX2 CPU prefers W·xᵀ in float32, an AVX-512
+    one x·Wᵀ in float32 and W·xᵀ in bfloat16). At the tiny size the time is the call's fixed cost, which
+    depends on the library torch hands the product to (oneDNN or its own kernels). So for at most 4 rows
+    on a CPU, autotune.py times the forms once per shape and dtype on this machine and keeps the fastest;
+    training batches (and GPUs) take nn.Linear's path."""
 
     def forward(self, x):
-        if x.dtype != torch.float32 or x.numel() > 4 * self.in_features or self.weight.numel() < 2**20:
+        weight, bias = self.weight, self.bias  # read once: a module's parameter lookup costs ~1 µs
+        if x.device.type != "cpu" or x.numel() > 4 * self.in_features:
+            return F.linear(x, weight, bias)
+        form = autotune.choose(("linear", x.dtype, x.shape, weight.shape), LINEAR_FORMS, x, weight, bias)
+        return LINEAR_FORMS[form](x, weight, bias)
+
+
+def transposed_product(x, weight, bias):
+    """(W·xᵀ)ᵀ + b, the value of F.linear(x, W, b) for x (..., in). Made contiguous (R·out numbers, a few
+    µs): what reads it next, e.g. the fused attention kernel, needs unit stride along the features, and
+    a transposed view has stride R there."""
+    rows = x.reshape(-1, x.shape[-1])                      # (..., in) -> (R, in)
+    y = torch.mm(weight, rows.t()).t().contiguous()        # (out, in) @ (in, R) -> (out, R) -> (R, out)
+    y = y if bias is None else y + bias
+    return y.reshape(*x.shape[:-1], weight.shape[0])       # (R, out) -> (..., out)
+
+
+LINEAR_FORMS = {"x·Wᵀ": F.linear, "(W·xᵀ)ᵀ": transposed_product,  # the plain form first
+                "x·Wᵀ without oneDNN": autotune.without_onednn(F.linear),
+                "(W·xᵀ)ᵀ without oneDNN": autotune.without_onednn(transposed_product)}
+
+
+class GELU(nn.GELU):
+    """nn.GELU (exact: x·Φ(x), Φ the standard normal CDF). On a CPU torch may run it in oneDNN, whose fixed
+    cost per call is several times the work on a decoding step's few thousand values: autotune.py times
+    it with and without oneDNN, per dtype and octave of size, and keeps the faster."""
+
+    def forward(self, x):
+        if x.device.type != "cpu":
             return super().forward(x)
-        rows = x.reshape(-1, self.in_features)              # (..., in) -> (R, in), R ≤ 4
-        y = torch.mm(self.weight, rows.t()).t()             # (out, in) @ (in, R) -> (out, R) -> (R, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)  # (R, out) -> (..., out)
+        form = autotune.choose(("gelu", x.dtype, x.numel().bit_length()), GELU_FORMS, x)
+        return GELU_FORMS[form](x)
+
+
+GELU_FORMS = {"F.gelu": F.gelu, "F.gelu without oneDNN": autotune.without_onednn(F.gelu)}
 
 
 class MultiHeadAttention(nn.Module):
@@ -259,7 +308,7 @@ class DecoderBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(dim) if cross_attention else None
         self.cross_attention = MultiHeadAttention(dim, n_heads) if cross_attention else None
         self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(Linear(dim, ffn_dim, bias=False), nn.GELU(), Linear(ffn_dim, dim, bias=False))
+        self.ffn = nn.Sequential(Linear(dim, ffn_dim, bias=False), GELU(), Linear(ffn_dim, dim, bias=False))
         self.dropout = dropout  # probability on each residual branch; 0 by default
 
     def drop(self, branch):

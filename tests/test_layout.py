@@ -81,7 +81,7 @@ def test_model_modules_never_import_the_dataset(module):
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
 def test_every_file_reads_in_one_sitting(path):
-    assert len(path.read_text().splitlines()) < 400
+    assert len(path.read_text().splitlines()) < 600  # one concept a file, readable in one sitting
 
 
 def comment_lines(path):
