@@ -301,7 +301,9 @@ def print_decisions():
     """What autotune.py measured and chose in this process, one line per decision."""
     for key, decision in autotune.decisions().items():
         times = ", ".join(f"{name} {seconds * 1e6:.1f} µs" for name, seconds in decision["seconds"].items())
-        print(f"  {' '.join(str(part) for part in key):52s} -> {decision['choice']}   ({times})")
+        parts = ("×".join(map(str, part)) if isinstance(part, torch.Size) else str(part).replace("torch.", "")
+                 for part in key)
+        print(f"  {' '.join(parts):42s} -> {decision['choice']}   ({times})")
 
 
 def alternate(fns: dict, rounds: int) -> dict:
@@ -427,6 +429,7 @@ def main(argv=None):
         result.update(time_training_steps(train.TINY))
         if args.agreement:
             result.update(bfloat16_agreement(model))
+    result.setdefault("cpu", cpu_name())
     for key, value in result.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     if autotune.decisions():

@@ -1,5 +1,5 @@
-"""autotune.py: the fastest candidate is chosen, once per key; disabled means the plain (first) form;
-FORCED pins a form by name; without_onednn switches oneDNN off for the call alone."""
+"""autotune.py: the fastest candidate is chosen, once per key; disabled, or while autograd records, means
+the plain (first) form; FORCED pins a form by name; without_onednn switches oneDNN off for the call alone."""
 import time
 
 import pytest
@@ -29,6 +29,7 @@ def candidates(calls):
     return {"slow": slow, "fast": fast}
 
 
+@torch.inference_mode()
 def test_the_faster_form_is_chosen_once_per_key_and_reported():
     calls = []
     forms = candidates(calls)
@@ -44,11 +45,14 @@ def test_the_faster_form_is_chosen_once_per_key_and_reported():
     assert autotune.decisions() == {}
 
 
-def test_disabled_takes_the_plain_form_and_forced_takes_the_named_one(monkeypatch):
+def test_disabled_or_training_takes_the_plain_form_and_forced_takes_the_named_one(monkeypatch):
     calls = []
     forms = candidates(calls)
-    monkeypatch.setattr(autotune, "ENABLED", False)
+    assert torch.is_grad_enabled()
     assert autotune.choose(("op",), forms, 0) == "slow" and calls == [] and autotune.decisions() == {}
+    monkeypatch.setattr(autotune, "ENABLED", False)
+    with torch.inference_mode():
+        assert autotune.choose(("op",), forms, 0) == "slow" and calls == [] and autotune.decisions() == {}
     monkeypatch.setattr(autotune, "ENABLED", True)
     autotune.FORCED["op"] = "slow"
     assert autotune.choose(("op", 3), forms, 0) == "slow" and calls == []
