@@ -26,7 +26,9 @@ cost of each torch call, not arithmetic. So the hot path avoids calls, never mat
 the cache writes new keys/values into preallocated buffers instead of re-concatenating the past
 (`LayerCache`), W_K and W_V are one matrix (`to_kv`), the condition's null rows are prepared once
 (`LayerCache.set_condition`), dropout is a check rather than a module, and positions come from a
-table. Each change is exact (tests compare cached and full passes); NOTES.md has the figures.
+table. Each change is exact (tests compare cached and full passes); NOTES.md has the figures. Three
+operations have forms whose speed depends on the CPU (`Linear`, `GELU`, half-precision `attention`):
+autotune.py picks among them by timing them on the machine; each form is tested equal to the plain one.
 """
 import math
 
@@ -144,14 +146,14 @@ class Linear(nn.Linear):
 
     A decoding step multiplies a few rows (2 with guidance) by every weight. At the real size its time is
     the time to read W; written as (W·xᵀ)ᵀ, the same products and sums read W in another order, and which
-    order streams faster depends on the CPU and the dtype (an AVX2 CPU prefers W·xᵀ in float32, an AVX-512
-    one x·Wᵀ in float32 and W·xᵀ in bfloat16). At the tiny size the time is the call's fixed cost, which
+    order streams faster depends on the CPU and the dtype (an AVX2 CPU prefers (W·xᵀ)ᵀ in float32, an
+    AVX-512 one x·Wᵀ in float32 and (W·xᵀ)ᵀ in bfloat16). At the tiny size the time is the call's fixed cost, which
     depends on the library torch hands the product to (oneDNN or its own kernels). So for at most 4 rows
     on a CPU, autotune.py times the forms once per shape and dtype on this machine and keeps the fastest;
-    training batches (and GPUs) take nn.Linear's path."""
+    training (and GPUs) take nn.Linear's path."""
 
     def forward(self, x):
-        weight, bias = self.weight, self.bias  # read once: a module's parameter lookup costs ~1 µs
+        weight, bias = self.weight, self.bias  # read once: each read of a module's parameter is a Python call
         if x.device.type != "cpu" or x.numel() > 4 * self.in_features:
             return F.linear(x, weight, bias)
         form = autotune.choose(("linear", x.dtype, x.shape, weight.shape), LINEAR_FORMS, x, weight, bias)
@@ -159,9 +161,9 @@ class Linear(nn.Linear):
 
 
 def transposed_product(x, weight, bias):
-    """(W·xᵀ)ᵀ + b, the value of F.linear(x, W, b) for x (..., in). Made contiguous (R·out numbers, a few
-    µs): what reads it next, e.g. the fused attention kernel, needs unit stride along the features, and
-    a transposed view has stride R there."""
+    """(W·xᵀ)ᵀ + b, the value of F.linear(x, W, b) for x (..., in). Made contiguous (a copy of R·out
+    numbers): what reads it next, e.g. the fused attention kernel, needs unit stride along the features,
+    and a transposed view has stride R there."""
     rows = x.reshape(-1, x.shape[-1])                      # (..., in) -> (R, in)
     y = torch.mm(weight, rows.t()).t().contiguous()        # (out, in) @ (in, R) -> (out, R) -> (R, out)
     y = y if bias is None else y + bias
