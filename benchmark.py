@@ -35,7 +35,7 @@ import transformer
 from conditioners import Tokenizer
 from encodec import EncodecConfig, EncodecModel
 from experiments import manifest_memory
-from lm import LMConfig, MusicLM
+from lm import LMConfig, LMModel
 from losses import ReconstructionLoss
 from musicgen import MusicGen
 from pretrained import models_from_hf
@@ -52,7 +52,7 @@ def untrained_model() -> MusicGen:
     preset = train.TINY
     codec = build_codec(preset.codec)
     tokenizer = Tokenizer.build(["a cheerful fast tune on a plucked guitar with drums"])
-    return MusicGen(codec, MusicLM(lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
+    return MusicGen(codec, LMModel(lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
                     tokenizer)
 
 
@@ -91,7 +91,7 @@ def time_training_steps(preset, n_steps: int = 10) -> dict:
         loss.backward()
         optimizer.step()
 
-    lm = MusicLM(lm_config_for(codec, preset.lm, text_vocab_size=100))
+    lm = LMModel(lm_config_for(codec, preset.lm, text_vocab_size=100))
     lm_optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
     T, K = lm.cfg.window_frames, lm.cfg.n_q
     codes = torch.randint(0, lm.cfg.codebook_size, (preset.lm_batch, K, T))
@@ -149,7 +149,7 @@ def ours_alone(config: str, dtype):
     torch.manual_seed(0)
     decoder, t5 = DECODERS[config], TEXT_ENCODERS[config]
     codec = EncodecModel(replace(CODEC, codebook_size=decoder["vocab_size"]))
-    lm = MusicLM(LMConfig(codebook_size=decoder["vocab_size"], dim=decoder["hidden_size"],
+    lm = LMModel(LMConfig(codebook_size=decoder["vocab_size"], dim=decoder["hidden_size"],
                           n_layers=decoder["num_hidden_layers"], n_heads=decoder["num_attention_heads"],
                           ffn_dim=decoder["ffn_dim"], melody_fusion="none", text_vocab_size=32128,
                           text_dim=t5["d_model"], text_layers=t5["num_layers"], text_heads=t5["num_heads"]))

@@ -15,7 +15,7 @@ D model width, L text tokens, F chroma frames, P prefix steps, K_in codebooks th
     ──transformer, cross-attending to text (B, L, D)──▶ keep the last S ──K heads──▶
     logits (B, K, S, codebook_size) ──pattern.revert_logits──▶ (B, K, T, codebook_size) ──CE──▶ loss
 
-Where each condition enters the decoder is set by two switches (`MusicLM.conditions`, §2.4):
+Where each condition enters the decoder is set by two switches (`LMModel.conditions`, §2.4):
 
     text_fusion   "cross"    the paper's text model: every layer cross-attends to the L text states
                   "prepend"  the published melody model: the L text states stand before the steps
@@ -81,7 +81,7 @@ class LMConfig:
     cfg_dropout: float = 0.3
     melody_dropout: float = 0.2
     word_dropout: float = 0.0     # drop words of the description (not in the paper; audiocraft: 0.3 for T5)
-    # Where the conditions enter the decoder (§2.4; see the module docstring and MusicLM.conditions).
+    # Where the conditions enter the decoder (§2.4; see the module docstring and LMModel.conditions).
     text_fusion: str = "cross"
     melody_fusion: str = "prepend"
     # The melody's chromagram (§2.4): STFT of 2^14 samples, hop 2^12 (at 32 kHz: 7.8 frames per second).
@@ -152,15 +152,16 @@ def check_input_codebooks(cfg: LMConfig):
 
 
 class Conditions(NamedTuple):
-    """The conditions, placed where LMConfig's fusions put them (MusicLM.conditions builds it)."""
+    """The conditions, placed where LMConfig's fusions put them (LMModel.conditions builds it)."""
     prefix: torch.Tensor | None      # (B, P, D) stands before the first step: chroma frames and/or text
     cross: torch.Tensor | None       # (B, L, D) cross-attended by every layer: the text
     cross_mask: torch.Tensor | None  # (B, L) bool, True = a real token; an all-False row = the null text
     steps: torch.Tensor | None       # (B, S, D) added to the steps' inputs: the "sum" melody
 
 
-class MusicLM(nn.Module):
-    """The language model of §2.3: codebook embeddings summed, a causal transformer, K linear heads."""
+class LMModel(nn.Module):
+    """The language model of §2.3: codebook embeddings summed, a causal transformer, K linear heads.
+    (audiocraft's name for it; MusicLM is Google's model, which the paper compares against in Table 1.)"""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -337,7 +338,7 @@ class MusicLM(nn.Module):
 
 
 # ---- checkpoints: one self-describing dict ---------------------------------------------------------
-def save_lm(path, lm: MusicLM, tokenizer: Tokenizer, step=0, optimizer=None, extra=None):
+def save_lm(path, lm: LMModel, tokenizer: Tokenizer, step=0, optimizer=None, extra=None):
     """Atomic write (temp file + rename), so an interrupted save never destroys the last checkpoint.
     The word tokenizer's vocabulary is stored with the weights; a T5 LM is read from its published folder
     instead (pretrained.load_pretrained)."""
@@ -355,7 +356,7 @@ def load_lm(path):
     """→ (lm, tokenizer, checkpoint dict). `weights_only=True`: a checkpoint can never run code."""
     ckpt = read_checkpoint(path, "LM")
     try:
-        lm = MusicLM(LMConfig(**ckpt["config"]))
+        lm = LMModel(LMConfig(**ckpt["config"]))
         lm.load_state_dict(ckpt["model"])
         tokenizer = Tokenizer(ckpt["vocab"])
     except Exception as error:  # e.g. written by an older lm.py with other parameter names

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from audio import resample
-from lm import MusicLM, load_lm
+from lm import LMModel, load_lm
 from pretrained import load_pretrained
 from spectral_codec import load_codec
 from sampling import generate_codes
@@ -36,7 +36,7 @@ class MusicGen:
     global RNG, as in the reference: `torch.manual_seed(0)` before a call makes it reproducible.
     """
 
-    def __init__(self, codec, lm: MusicLM, tokenizer):
+    def __init__(self, codec, lm: LMModel, tokenizer):
         """tokenizer: conditioners.Tokenizer (a trained run) or t5.UnigramTokenizer (a published model)."""
         for name in ("n_q", "codebook_size", "sample_rate", "frame_rate"):  # the token streams must agree
             if abs(getattr(lm.cfg, name) - getattr(codec, name)) > 1e-9:
@@ -173,7 +173,7 @@ class MusicGen:
     def _melody_chroma(self, melody, start_frame: int):
         """Chroma (B, F', 12) of the melody over the window starting at `start_frame`, or None (the null
         melody) if there is no melody there. A part shorter than the window is repeated to fill it
-        (MusicLM.fit_chroma), as the reference fills a short melody."""
+        (LMModel.fit_chroma), as the reference fills a short melody."""
         if melody is None:
             return None
         n_window = round(self.lm.cfg.window_seconds * self.sample_rate)

@@ -1,5 +1,5 @@
 """Loading the published MusicGen checkpoints into our own modules: reading the files by hand (part 1),
-then mapping the published names onto lm.MusicLM, t5.T5Encoder and encodec.EncodecModel (part 2).
+then mapping the published names onto lm.LMModel, t5.T5Encoder and encodec.EncodecModel (part 2).
 
 The published facebook/musicgen-* folders are in the layout HF transformers' `save_pretrained` writes:
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from encodec import EncodecModel
-from lm import LMConfig, MusicLM, t5_config
+from lm import LMConfig, LMModel, t5_config
 from t5 import T5Config, UnigramTokenizer, t5_state_dict_from_hf
 
 
@@ -202,7 +202,7 @@ def read_config(folder) -> dict:
 #                                        → lm.melody_projection
 #   audio_encoder.*  EnCodec             → encodec.EncodecModel.from_hf (weight_g / weight_v or
 #                    parametrizations.weight.original0 / original1, LSTMs, codebooks)
-#   decoder.*        the LM              → lm.MusicLM, by the table below
+#   decoder.*        the LM              → lm.LMModel, by the table below
 
 # HF decoder name → (our name, the regex group saying which part of it). Ours stacks what HF keeps
 # apart: W_K and W_V in one to_kv matrix (parts k, v), the K embedding tables of (card + 1) rows in one
@@ -235,7 +235,7 @@ IGNORED = r"decoder\.model\.decoder\.embed_positions\.weights"
 
 
 def lm_state_dict_from_hf(sd: dict) -> dict:
-    """HF `decoder.*`, `enc_to_dec_proj.*` and `audio_enc_to_dec_proj.*` tensors → `MusicLM` state dict
+    """HF `decoder.*`, `enc_to_dec_proj.*` and `audio_enc_to_dec_proj.*` tensors → `LMModel` state dict
     entries (load_pretrained adds T5's)."""
     out, parts = {}, {}
     for key, value in sd.items():
@@ -321,7 +321,7 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
         device: where the models go. dtype: the LM's floating dtype (None: float32); the codec and
             the chroma filters stay float32.
     Returns:
-        codec (encodec.EncodecModel), lm (lm.MusicLM with the frozen T5), tokenizer (t5.UnigramTokenizer).
+        codec (encodec.EncodecModel), lm (lm.LMModel with the frozen T5), tokenizer (t5.UnigramTokenizer).
     Raises:
         PretrainedError, one line, for a missing or broken folder or a model this code does not implement.
     """
@@ -365,7 +365,7 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -
                        text_layers=text.get("num_layers", 12), text_heads=text.get("num_heads", 12), **fusions)
         if T5Config.from_hf(text) != t5_config(cfg):
             raise ValueError(f"T5 {T5Config.from_hf(text)} is not T5's standard layout {t5_config(cfg)}")
-        lm = MusicLM(cfg)
+        lm = LMModel(cfg)
         if melody and config["chroma_length"] != lm.melody_frames:
             raise ValueError(f"chroma_length {config['chroma_length']} is not the {lm.melody_frames} chroma frames "
                              f"of a {cfg.window_seconds:g} s window")

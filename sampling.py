@@ -58,7 +58,7 @@ def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=
     """Autoregressive decoding over the pattern's steps, within one window (§3).
 
     Args:
-        lm: lm.MusicLM.
+        lm: lm.LMModel.
         text (B, L, D), text_mask (B, L): encoded descriptions; chroma (B, F, 12) or None (no melody).
         n_frames: T, frames to return (prompt included), at most the training window.
         prompt: (B, K, Tp) codes kept verbatim at the start, or None.

@@ -9,7 +9,7 @@ Under torchrun every process draws the same global batch plan and trains on its 
 
 Reads top to bottom like nanoGPT's train.py: setup, data, model, optimizer, eval, loop.
 Shape letters: B batch, K codebooks, T frames, N samples, F chroma frames, L text tokens, D width.
-Data flow: codec.pt + dataset files → codes/*.npy on disk → windows → MusicLM → lm.pt (train.py runs it).
+Data flow: codec.pt + dataset files → codes/*.npy on disk → windows → LMModel → lm.pt (train.py runs it).
 """
 import hashlib
 import json
@@ -28,7 +28,7 @@ import ddp
 from audio import load_audio, stack_wavs
 from conditioners import ConditionDropout, Tokenizer, word_dropout
 from encodec import EncodecModel
-from lm import LMConfig, MusicLM, save_lm
+from lm import LMConfig, LMModel, save_lm
 from spectral_codec import load_codec
 
 
@@ -135,7 +135,7 @@ class Objective(torch.nn.Module):
     """The LM's training loss as one module call, text encoder included, so that DDP (which syncs the
     gradients of what a wrapped module's forward computed) sees every parameter it trains."""
 
-    def __init__(self, lm: MusicLM):
+    def __init__(self, lm: LMModel):
         super().__init__()
         self.lm = lm
 
@@ -200,7 +200,7 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
     condition_dropout = ConditionDropout(cfg.cfg_dropout, cfg.melody_dropout)
 
     # ---- model ----
-    lm = MusicLM(cfg).to(device)
+    lm = LMModel(cfg).to(device)
     n_params = sum(p.numel() for p in lm.parameters())
     log(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
         f"vocabulary {len(tokenizer.vocab)} words, {len(train['pool'])} train / {len(valid_pool)} {valid_name} "
@@ -300,7 +300,7 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
             if rank.main and (step % eval_every == 0 or step == max_steps):
                 valid = evaluate_lm()
                 # Plain cross-entropies on both sides (the objective also weighs the first frames, see
-                # MusicLM.compute_loss), so that train and held-out losses can be compared.
+                # LMModel.compute_loss), so that train and held-out losses can be compared.
                 tqdm.write(f"step {step}: train loss {per_codebook.mean():.3f} (objective {loss.item():.3f}), "
                            f"{valid_name.split()[0]} loss {valid.mean():.3f} "
                            f"per codebook {[round(x, 3) for x in valid.tolist()]} "

@@ -21,7 +21,7 @@ and then sampling from it. Knobs add, one at a time, what real codec tokens have
 The measured tables (1000 steps, ~2.5 min each on 2 CPU cores) are in NOTES.md, "LM reads codebook 1 only".
 
 Shape letters: B batch, K codebooks, T frames (200 = 4 s at 50 Hz).
-Data flow: synthetic codes -> lm.MusicLM (the tiny preset's sizes and optimiser) -> sampled codes.
+Data flow: synthetic codes -> lm.LMModel (the tiny preset's sizes and optimiser) -> sampled codes.
 
     python -m experiments.count_check --flicker 0.1     # from the repository's root
 """
@@ -36,7 +36,7 @@ import torch
 
 import data
 import probe as attribute_probe
-from lm import MusicLM
+from lm import LMModel
 from sampling import generate_codes
 from spectral_codec import load_codec
 from train import TINY_LM
@@ -126,7 +126,7 @@ def main():
     cfg = replace(TINY_LM, n_q=args.codebooks, codebook_size=256, frame_rate=50.0, sample_rate=16000,
                   text_vocab_size=8, cfg_dropout=0.0, melody_dropout=1.0, start_weight=1.0,
                   input_codebooks=1 if args.hide_finer else None)  # --hide-finer: read codebook 1 only
-    lm = MusicLM(cfg)
+    lm = LMModel(cfg)
     describe = lambda tempo: lm.encode_text((tempo + 2)[:, None], torch.ones(len(tempo), 1, dtype=torch.bool))
 
     # ---- optimiser and schedule: as train.py's tiny preset (AdamW (0.9, 0.95), weight decay 0.1 on

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conditioners import Tokenizer
-from lm import MusicLM, load_lm, save_lm
+from lm import LMModel, load_lm, save_lm
 from musicgen import MusicGen
 from spectral_codec import build_codec, load_codec
 from train import TINY_CODEC, TINY_LM
@@ -24,7 +24,7 @@ def micro_run(folder, codebook_size=16):
     torch.manual_seed(0)
     codec = build_codec(replace(MICRO_CODEC, codebook_size=codebook_size)).eval()
     tokenizer = Tokenizer.build(["a sad slow tune"])
-    lm = MusicLM(lm_config_for(build_codec(MICRO_CODEC), replace(TINY_LM, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+    lm = LMModel(lm_config_for(build_codec(MICRO_CODEC), replace(TINY_LM, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
                                                                  text_dim=16, text_layers=1, text_heads=2,
                                                                  text_vocab_size=len(tokenizer.vocab))))
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import encodec
 import seanet
 import transformer
 from dataclasses import replace
-from lm import LMConfig, MusicLM
+from lm import LMConfig, LMModel
 from sampling import generate_codes
 from transformer import GELU_FORMS, HALF_ATTENTION_FORMS, LINEAR_FORMS, Linear, attention
 
@@ -62,7 +62,7 @@ def test_gelu_with_and_without_onednn_is_the_exact_gelu():
 def wide_lm(dtype=torch.float32):
     """An LM wide enough for the real size's shapes (D 1024), one layer."""
     torch.manual_seed(0)
-    return MusicLM(LMConfig(n_q=4, codebook_size=256, dim=1024, n_layers=1, n_heads=8, ffn_dim=1024,
+    return LMModel(LMConfig(n_q=4, codebook_size=256, dim=1024, n_layers=1, n_heads=8, ffn_dim=1024,
                             window_seconds=1.0, text_encoder="scratch", text_vocab_size=12, text_dim=16,
                             text_layers=1, text_heads=2, melody_fusion="prepend", chroma_n_fft=8192,
                             chroma_hop_length=2048, sample_rate=16000)).eval().to(dtype)

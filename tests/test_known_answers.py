@@ -14,7 +14,7 @@ import discriminator
 import musicgen
 import sampling
 from conditioners import ConditionDropout, Tokenizer
-from lm import LMConfig, MusicLM
+from lm import LMConfig, LMModel
 from musicgen import MusicGen
 from rvq import VectorQuantizer
 from sampling import generate_codes, sample_next_tokens
@@ -30,7 +30,7 @@ def tiny_lm(**changes):
     cfg = LMConfig(**dict(dict(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2,
                                n_heads=2, ffn_dim=64, window_seconds=1.0, text_vocab_size=12, text_dim=16,
                                text_layers=1, text_heads=2, chroma_n_fft=8192, chroma_hop_length=2048), **changes))
-    return MusicLM(cfg).eval()
+    return LMModel(cfg).eval()
 
 
 # ---- the sampler (§3): temperature, top-k, top-p against hand-computed distributions -----------------

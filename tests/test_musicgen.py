@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm import LMConfig, MusicLM
+from lm import LMConfig, LMModel
 from sampling import generate_codes, sample_next_tokens
 from patterns import PATTERN_NAMES, make_pattern
 from transformer import Transformer
@@ -25,7 +25,7 @@ def tiny_lm(pattern="delay", seed=0, input_codebooks=None, **changes):
                    ffn_dim=64, pattern=pattern, window_seconds=1.0, text_vocab_size=12, text_dim=16,
                    text_layers=1, text_heads=2, input_codebooks=input_codebooks, chroma_n_fft=8192,
                    chroma_hop_length=2048, **changes)
-    return MusicLM(cfg).eval()
+    return LMModel(cfg).eval()
 
 
 def conditions(lm, B=2, null=False):

@@ -21,7 +21,7 @@ import train
 import train_codec
 import train_lm
 from encodec import EncodecConfig
-from lm import LMConfig, MusicLM
+from lm import LMConfig, LMModel
 from spectral_codec import load_codec
 
 # The held-out clip's description has words the 3 training clips lack: warned, read as <unk>.
@@ -51,7 +51,7 @@ def small_run(tmp_path_factory):
     # Every call of the LM's loss, recorded: (loss, with gradients?, when it started). The training step's
     # call is the one with gradients; the held-out evaluation starts right after its optimizer step.
     calls = []
-    compute_loss = MusicLM.compute_loss
+    compute_loss = LMModel.compute_loss
 
     def recording(self, *args, **kwargs):
         started = time.time()
@@ -61,7 +61,7 @@ def small_run(tmp_path_factory):
 
     started = time.time()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(MusicLM, "compute_loss", recording)
+        patch.setattr(LMModel, "compute_loss", recording)
         report["lm_summary"] = train_lm.train_lm(out, data_dir, preset, max_steps=1, seed=0, device="cpu")
     report["lm_seconds"], report["lm_peak_gb"] = time.time() - started, peak_rss_gb()
     report["lm_calls"] = calls

@@ -185,7 +185,7 @@ def test_lm_resume_continues_exactly(run, dataset, tmp_path, monkeypatch):
     """Interrupted after 2 of 4 steps, then resumed = 4 uninterrupted steps: same losses, same weights."""
     import lm as lm_module
     losses = []
-    original = lm_module.MusicLM.compute_loss
+    original = lm_module.LMModel.compute_loss
 
     def logged(self, *args, **kwargs):
         loss, per_codebook = original(self, *args, **kwargs)
@@ -193,7 +193,7 @@ def test_lm_resume_continues_exactly(run, dataset, tmp_path, monkeypatch):
             losses.append(loss.item())
         return loss, per_codebook
 
-    monkeypatch.setattr(lm_module.MusicLM, "compute_loss", logged)
+    monkeypatch.setattr(lm_module.LMModel, "compute_loss", logged)
     preset = train.TINY
     preset = train.replace(preset, lm_batch=2, lm_warmup=1)
     results = {}
