@@ -13,8 +13,10 @@ changes them, one line per value with the paper's value and the reason; then the
 """
 import argparse
 import os
+import sys
 import time
-from dataclasses import dataclass, field, replace
+import types
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -125,9 +127,6 @@ SMALL = Preset(
 PRESETS = {
     "tiny": TINY,
     "small": SMALL,
-    # Untested end to end: wider models and about 7x the steps of tiny.
-    "long": replace(TINY, n_clips=2000, codec_steps=12000, codec=replace(TINY_CODEC, n_filters=16, dimension=128),
-                    lm_steps=10000, lm=replace(TINY_LM, dim=384, n_layers=6, n_heads=6, ffn_dim=1536)),
 }
 
 
@@ -169,6 +168,61 @@ def write_samples(out_dir, data_dir, n_text=4, seed=0):
     return [path for path, _, _ in written]
 
 
+# ==== every config field from the command line, nanoGPT-style: --lm.dim=256 --codec.n_q=8 --lm_steps=500 ====
+OVERRIDABLE = {"lm.": LMConfig, "codec.": EncodecConfig, "": Preset}  # prefix -> the dataclass it sets
+
+
+def parse_value(text: str, kind):
+    """The command-line text of a field of type `kind` (int, float, bool, str, tuple, or X | None) as a
+    value of that type; ValueError if it is not one. Tuples are written 8,5,4,2; None as none."""
+    if isinstance(kind, types.UnionType):  # X | None
+        options = [k for k in kind.__args__ if k is not type(None)]
+        return None if text.lower() == "none" else parse_value(text, options[0])
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() in ("true", "1")
+    if kind is tuple:
+        return tuple(int(part) if part.strip().lstrip("-").isdigit() else float(part) for part in text.split(","))
+    return kind(text)  # int, float, str: int("2.5") fails, as it should
+
+
+KIND_NAMES = {int: "an int", float: "a float", bool: "true or false", str: "a string", tuple: "numbers like 8,5,4,2"}
+FROM_THE_CODEC = ("n_q", "codebook_size", "frame_rate", "sample_rate")  # the LM copies these (lm_config_for)
+
+
+def apply_overrides(preset: "Preset", options: list) -> "Preset":
+    """`preset` with each --PREFIX.FIELD=VALUE of `options` applied (LMConfig, EncodecConfig, Preset
+    fields). ValueError, one line naming the option, for an unknown name or a value of the wrong type."""
+    changes = {prefix: {} for prefix in OVERRIDABLE}
+    for option in options:
+        name, equals, text = option.removeprefix("--").partition("=")
+        if not option.startswith("--") or not equals:
+            raise ValueError(f"unrecognized argument {option!r} (a config field is set as --lm.dim=256)")
+        prefix = next(p for p in OVERRIDABLE if name.startswith(p))
+        cls, field_name = OVERRIDABLE[prefix], name[len(prefix):]
+        kinds = {f.name: f.type for f in fields(cls) if f.name not in ("lm", "codec")}
+        if field_name not in kinds:
+            raise ValueError(f"unknown option --{name}: {cls.__name__} has no field {field_name!r} "
+                             f"(its fields: {', '.join(kinds)})")
+        if prefix == "lm." and field_name in FROM_THE_CODEC:
+            raise ValueError(f"--{name}: the LM takes {field_name} from the codec; set --codec.{field_name}")
+        try:
+            changes[prefix][field_name] = parse_value(text, kinds[field_name])
+        except ValueError as error:
+            kind = kinds[field_name]
+            kind = " or ".join(KIND_NAMES.get(k, "none") for k in getattr(kind, "__args__", (kind,)))
+            raise ValueError(f"--{name}={text}: {cls.__name__}.{field_name} takes {kind} ({error})") from None
+    return replace(preset, lm=replace(preset.lm, **changes["lm."]), codec=replace(preset.codec, **changes["codec."]),
+                   **changes[""])
+
+
+def fail(message: str):
+    """Bad input: one line on stderr, exit code 2, before any work is spent."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train MusicGen from scratch: stage 1 the codec, stage 2 the LM on its codes (paper §4.1). "
@@ -178,7 +232,7 @@ def parse_args(argv=None):
                    help="folder with audio + manifest.jsonl (default data/toy, generated if missing)")
     p.add_argument("--out", default="runs/tiny", help="run directory for checkpoints and samples")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="tiny: ~9 min on a 2-core CPU; long: bigger models and 7-10× the steps (untested end to end); "
+                   help="tiny: minutes on a 2-core CPU (a bigger run: override fields, e.g. --lm.dim=384 --lm_steps=10000); "
                         "small: the paper's MusicGen-small for GPUs (clips of 30 s or more; see SMALL)")
     p.add_argument("--pattern", default="delay",
                    choices=["parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e"],
@@ -200,7 +254,11 @@ def parse_args(argv=None):
                         "accumulation (default 0: the whole share at once)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading audio (default 0: none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the LM (opt-in; for GPUs)")
-    return p.parse_args(argv)
+    p.epilog = ("Any config field too, after the preset: --lm.FIELD=V (LMConfig), --codec.FIELD=V (EncodecConfig), "
+                "--FIELD=V (Preset), e.g. --lm.dim=256 --codec.n_q=8 --lm_steps=500.")
+    args, options = p.parse_known_args(argv)
+    args.overrides = options
+    return args
 
 
 def main(argv=None):
@@ -233,7 +291,10 @@ def run(args, rank):
                                   else int(args.input_codebooks))
     if args.melody_fusion is not None:
         overrides["lm"] = replace(overrides.get("lm", preset.lm), melody_fusion=args.melody_fusion)
-    preset = replace(preset, **overrides)
+    try:
+        preset = apply_overrides(replace(preset, **overrides), args.overrides)
+    except ValueError as error:
+        fail(str(error))
     if args.stage in ("lm", "all"):  # a pattern the LM could not read fails now, not after the codec stage
         try:
             check_input_codebooks(replace(preset.lm, n_q=preset.codec.n_q, pattern=args.pattern))
