@@ -44,7 +44,7 @@ from conditioners import TextEncoder, Tokenizer, ChromaExtractor
 from encodec import read_checkpoint
 from patterns import make_pattern
 from t5 import T5Config, T5Encoder
-from transformer import Linear, Transformer
+from transformer import Linear, Transformer, linear
 
 TEXT_ENCODERS = ("t5", "scratch")
 TEXT_FUSIONS = ("cross", "prepend")
@@ -169,14 +169,11 @@ class LMModel(nn.Module):
         self.cfg = cfg
         self.pattern = make_pattern(cfg.pattern, cfg.n_q)
         self.special = cfg.codebook_size  # the empty token of the pattern; embeddings get one extra row
-        # One table per codebook read; at each step their embeddings are *summed* into one vector (§2.3).
-        # The tables of (card + 1) rows are stacked into one: codebook k's rows start at k·(card + 1), so
-        # one lookup of the offset tokens fetches all of them (one call per decoding step instead of K).
+        # One embedding table per codebook read, of card + 1 rows (the extra one: the pattern's empty
+        # token); at each step their K_in vectors are *summed* into one (§2.3).
         check_input_codebooks(cfg)
-        K_in = cfg.codebooks_read
-        self.embeddings = nn.Embedding(K_in * (cfg.codebook_size + 1), cfg.dim)
-        self.register_buffer("embedding_offsets", torch.arange(K_in)[:, None] * (cfg.codebook_size + 1),
-                             persistent=False)  # (K_in, 1)
+        self.embeddings = nn.ModuleList(nn.Embedding(cfg.codebook_size + 1, cfg.dim)
+                                        for _ in range(cfg.codebooks_read))
         # The text encoder (§2.4), ending in a projection to D: the paper's frozen T5, or ours trained with the LM.
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {cfg.text_encoder!r}")
@@ -202,10 +199,9 @@ class LMModel(nn.Module):
                                   nn.Linear(12, cfg.dim, bias=cfg.melody_fusion == "prepend"))
         self.transformer = Transformer(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim,
                                        cross_attention=cfg.text_fusion == "cross", causal=True, dropout=cfg.dropout)
-        # One linear head per codebook, predicting its codebook_size real entries (never the special
-        # token). The K heads are stored as one (K·card, D) matrix, head k being rows k·card..(k+1)·card:
-        # one matmul per step instead of K (decoding a step on a CPU is mostly per-call overhead).
-        self.heads = Linear(cfg.dim, cfg.n_q * cfg.codebook_size, bias=False)
+        # One linear head per codebook, predicting its codebook_size real entries (never the special token).
+        self.heads = nn.ModuleList(Linear(cfg.dim, cfg.codebook_size, bias=False) for _ in range(cfg.n_q))
+        self._stacked_heads = self._stacked_from = None  # decoding's one-matrix form of the heads (apply_heads)
 
     # ---- conditions --------------------------------------------------------------------------------
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor):
@@ -288,12 +284,11 @@ class LMModel(nn.Module):
         """
         B, K, S = sequence.shape
         assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
-        # Σ_k Emb_k(x_k) over the codebooks read: the streams of one step become one vector (B, S, D).
-        low, high = torch.aminmax(sequence)  # with stacked tables a bad token would silently read the next table
+        # Σ_k Emb_k(x_k) over the codebooks read (the paper: all K): the streams of one step become one vector.
+        low, high = torch.aminmax(sequence)
         if low < 0 or high > self.special:
             raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
-        read = sequence[:, :self.cfg.codebooks_read]  # (B, K, S) -> (B, K_in, S); the paper: K_in = K
-        x = self.embeddings(read + self.embedding_offsets).sum(dim=1)  # (B, K_in, S) -> (B, K_in, S, D) -> (B, S, D)
+        x = sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))  # K_in × (B, S, D) -> (B, S, D)
         prefix = conditions.prefix
         P = 0 if prefix is None else prefix.shape[1]
         fresh = cache is None or cache.length == 0  # nothing fed yet: the prefix goes in front
@@ -303,8 +298,28 @@ class LMModel(nn.Module):
         if fresh and prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, S, D) -> (B, P + S, D)
         x = self.transformer(x, condition=conditions.cross, condition_mask=conditions.cross_mask, cache=cache)
-        logits = self.heads(x[:, -S:])  # (B, S, D) -> (B, S, K · codebook_size): the prefix predicts nothing
-        return logits.view(B, S, K, -1).transpose(1, 2)  # -> (B, S, K, card) -> (B, K, S, card)
+        return self.apply_heads(x[:, -S:])  # (B, S, D) -> (B, K, S, card): the prefix predicts nothing
+
+    def apply_heads(self, h):
+        """The K linear heads on the hidden states h (B, S, D) -> logits (B, K, S, card), logits_k = h·W_kᵀ.
+
+        Training runs the K products as written. Decoding computes the same K products as one, h times
+        the heads' weights stacked into a (K·card, D) matrix (head k in rows k·card..(k+1)·card): one
+        call a step instead of K, and a decoding step of the tiny LM is mostly per-call cost. The stacked
+        matrix is built once and rebuilt only when a head's weight changes (tests/test_fast_paths.py:
+        both forms give the same logits)."""
+        B, S, _ = h.shape
+        if torch.is_grad_enabled():
+            return torch.stack([head(h) for head in self.heads], dim=1)  # K × (B, S, card) -> (B, K, S, card)
+        weights = [head.weight for head in self.heads]
+        # What the stacked matrix was built from: the very parameters, their version (an in-place update
+        # bumps it) and their storage (`.to(dtype)` swaps a parameter's data, not the parameter).
+        source = [(w, w._version, w.data_ptr(), w.dtype, w.device) for w in weights]
+        if self._stacked_from is None or any(a[0] is not b[0] or a[1:] != b[1:]
+                                             for a, b in zip(source, self._stacked_from)):
+            self._stacked_heads, self._stacked_from = torch.cat(weights), source  # K × (card, D) -> (K·card, D)
+        logits = linear(h, self._stacked_heads)  # (B, S, D) -> (B, S, K·card)
+        return logits.view(B, S, len(weights), -1).transpose(1, 2)  # -> (B, S, K, card) -> (B, K, S, card)
 
     def compute_loss(self, codes, text, text_mask, chroma):
         """Cross-entropy of §2.3, averaged over codebooks, on the real (non-special) positions only.
@@ -352,12 +367,23 @@ def save_lm(path, lm: LMModel, tokenizer: Tokenizer, step=0, optimizer=None, ext
     os.replace(tmp, path)
 
 
+def unstacked(state: dict, cfg: LMConfig) -> dict:
+    """A state dict written before the K tables and heads were modules of their own (one stacked
+    `embeddings.weight` of K_in·(card + 1) rows, one `heads.weight` of K·card rows), in today's names."""
+    state = dict(state)
+    for name, n, rows in (("embeddings", cfg.codebooks_read, cfg.codebook_size + 1), ("heads", cfg.n_q, cfg.codebook_size)):
+        stacked = state.pop(f"{name}.weight", None)
+        if stacked is not None and stacked.shape[0] == n * rows:
+            state.update({f"{name}.{k}.weight": part for k, part in enumerate(stacked.split(rows))})
+    return state
+
+
 def load_lm(path):
     """→ (lm, tokenizer, checkpoint dict). `weights_only=True`: a checkpoint can never run code."""
     ckpt = read_checkpoint(path, "LM")
     try:
         lm = LMModel(LMConfig(**ckpt["config"]))
-        lm.load_state_dict(ckpt["model"])
+        lm.load_state_dict(unstacked(ckpt["model"], lm.cfg))
         tokenizer = Tokenizer(ckpt["vocab"])
     except Exception as error:  # e.g. written by an older lm.py with other parameter names
         first_line = (str(error).strip().splitlines() or [""])[0]

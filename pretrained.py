@@ -204,14 +204,13 @@ def read_config(folder) -> dict:
 #                    parametrizations.weight.original0 / original1, LSTMs, codebooks)
 #   decoder.*        the LM              → lm.LMModel, by the table below
 
-# HF decoder name → (our name, the regex group saying which part of it). Ours stacks what HF keeps
-# apart: W_K and W_V in one to_kv matrix (parts k, v), the K embedding tables of (card + 1) rows in one
-# (part = codebook), the K heads of card rows in one (part = codebook). Parts are concatenated along
-# dim 0 in order. Group None: copied as is.
+# HF decoder name → (our name, the regex group saying which part of it). The K embedding tables and
+# the K heads map one to one; ours stacks what HF keeps apart in one place: W_K and W_V in one to_kv
+# matrix (parts k, v, concatenated along dim 0 in order). Group None: copied as is.
 LAYER = r"decoder\.model\.decoder\.layers\.(\d+)\."
 BLOCK = r"transformer.blocks.\1."
 DECODER_KEYS = [
-    (r"decoder\.model\.decoder\.embed_tokens\.(\d+)\.weight", "embeddings.weight", 1),
+    (r"decoder\.model\.decoder\.embed_tokens\.(\d+)\.weight", r"embeddings.\1.weight", None),
     (LAYER + r"self_attn\.q_proj\.weight", BLOCK + "self_attention.to_q.weight", None),
     (LAYER + r"self_attn\.([kv])_proj\.weight", BLOCK + "self_attention.to_kv.weight", 2),
     (LAYER + r"self_attn\.out_proj\.weight", BLOCK + "self_attention.to_out.weight", None),
@@ -224,7 +223,7 @@ DECODER_KEYS = [
     (LAYER + r"fc2\.weight", BLOCK + "ffn.2.weight", None),
     (LAYER + r"final_layer_norm\.(weight|bias)", BLOCK + r"norm_ffn.\2", None),
     (r"decoder\.model\.decoder\.layer_norm\.(weight|bias)", r"transformer.norm_out.\1", None),
-    (r"decoder\.lm_heads\.(\d+)\.weight", "heads.weight", 1),
+    (r"decoder\.lm_heads\.(\d+)\.weight", r"heads.\1.weight", None),
     (r"enc_to_dec_proj\.(weight|bias)", r"text_encoder.projection.\1", None),
     (r"audio_enc_to_dec_proj\.(weight|bias)", r"melody_projection.\1", None),  # musicgen-melody: chroma → D
 ]
@@ -249,7 +248,7 @@ def lm_state_dict_from_hf(sd: dict) -> dict:
             out[match.expand(ours)] = value
         else:
             part = match.group(group)
-            parts.setdefault(match.expand(ours), {})[int(part) if part.isdigit() else "kv".index(part)] = value
+            parts.setdefault(match.expand(ours), {})["kv".index(part)] = value
     for name, pieces in parts.items():
         if sorted(pieces) != list(range(len(pieces))):
             raise PretrainedError(f"{name}: the parts read are {sorted(pieces)}, not 0..{len(pieces) - 1}")

@@ -210,6 +210,9 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
     optimizer = lm_optimizer(lm, preset.lm_lr)
     step = 0
     if ckpt is not None:
+        if "heads.weight" in ckpt["model"]:
+            raise SystemExit(f"error: {resume_path} was written by an older lm.py (stacked tables and heads): "
+                             "generate.py and evaluate.py read it, a resume needs a new LM run")
         lm.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]

@@ -105,3 +105,27 @@ def test_a_half_precision_lm_generates_through_the_public_api(tmp_path, dtype, c
     model.lm.chroma.argmax = reference_chroma.argmax = False  # the raw chroma shows a rounded filter
     assert model.lm.chroma(melody).dtype == torch.float32
     assert torch.equal(model.lm.chroma(melody), reference_chroma(melody))
+
+
+def test_an_lm_checkpoint_with_the_former_stacked_tables_and_heads_still_loads(tmp_path):
+    """Runs written before the K embedding tables and K heads were modules of their own (one
+    `embeddings.weight`, one `heads.weight`): load_lm splits them, and the LM computes the same logits."""
+    import lm as lm_module
+    from conditioners import Tokenizer
+    cfg = lm_module.LMConfig(n_q=4, codebook_size=16, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                             window_seconds=1.0, text_encoder="scratch", text_vocab_size=8, text_dim=16,
+                             text_layers=1, text_heads=2, input_codebooks=2, sample_rate=16000,
+                             chroma_n_fft=2048, chroma_hop_length=512)
+    lm = lm_module.LMModel(cfg).eval()
+    tokenizer = Tokenizer.build(["a tune"])
+    lm_module.save_lm(tmp_path / "lm.pt", lm, tokenizer)
+    ckpt = torch.load(tmp_path / "lm.pt", weights_only=True)
+    state = ckpt["model"]
+    state["embeddings.weight"] = torch.cat([state.pop(f"embeddings.{k}.weight") for k in range(2)])
+    state["heads.weight"] = torch.cat([state.pop(f"heads.{k}.weight") for k in range(4)])
+    torch.save(ckpt, tmp_path / "old.pt")
+    old, _, _ = lm_module.load_lm(tmp_path / "old.pt")
+    sequence = torch.randint(0, 17, (1, 4, 5))
+    text, mask = lm.encode_text(*tokenizer.encode(["a tune"]))
+    with torch.no_grad():
+        assert torch.equal(old(sequence, old.conditions(text, mask)), lm(sequence, lm.conditions(text, mask)))

@@ -189,3 +189,18 @@ def test_the_seanet_codecs_fast_forms_give_the_plain_forms_outputs_and_gradients
     assert fast[1].keys() == plain[1].keys() and len(fast[1]) > 20
     for name in fast[1]:
         torch.testing.assert_close(fast[1][name], plain[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_the_stacked_heads_of_decoding_give_the_k_heads_logits_and_follow_the_weights():
+    """LMModel.apply_heads: with autograd off one product with the K heads' weights stacked, the same
+    logits as the K products; the stacked matrix is rebuilt after an in-place update and a dtype cast."""
+    lm = wide_lm()
+    h = torch.randn(2, 3, 1024)
+    training_form = lm.apply_heads(h)  # autograd on: the K products as written
+    with torch.no_grad():
+        decoding_form = lm.apply_heads(h)
+        torch.testing.assert_close(decoding_form, training_form, atol=1e-5, rtol=1e-5)
+        lm.heads[2].weight.mul_(-1)  # an optimizer's in-place step
+        torch.testing.assert_close(lm.apply_heads(h)[:, 2], -training_form[:, 2], atol=1e-5, rtol=1e-5)
+        lm.to(torch.bfloat16)
+        assert lm.apply_heads(h.bfloat16()).dtype == torch.bfloat16

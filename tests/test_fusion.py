@@ -76,12 +76,11 @@ def test_prefix_then_steps_rebuilt_by_hand(fusions):
     (B, K, S), D = sequence.shape, lm.cfg.dim
     conds = lm.conditions(text, mask, chroma, S)
     P = conds.prefix.shape[1]
-    tables = lm.embeddings.weight.view(K, CARD + 1, D)  # the K stacked tables, (K, card + 1, D)
     with torch.no_grad():
-        steps = sum(tables[k][sequence[:, k]] for k in range(K))  # Σ_k Emb_k(x_k), (B, S, D)
+        steps = sum(lm.embeddings[k].weight[sequence[:, k]] for k in range(K))  # Σ_k Emb_k(x_k), (B, S, D)
         x = torch.cat([conds.prefix, steps], dim=1)               # positions 0..P-1, then P..P+S-1
         h = lm.transformer(x, condition=conds.cross, condition_mask=conds.cross_mask)  # (B, P + S, D)
-        expected = lm.heads(h[:, P:]).view(B, S, K, CARD).transpose(1, 2)  # heads on the steps only
+        expected = torch.stack([h[:, P:] @ lm.heads[k].weight.t() for k in range(K)], dim=1)  # heads on the steps only
         logits = lm(sequence, conds)
     assert torch.allclose(logits, expected, atol=1e-5)
 

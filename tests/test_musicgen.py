@@ -88,15 +88,14 @@ def test_loss_ignores_special_positions():
         output.retain_grad()
         head_outputs.append(output)
 
-    lm.heads.register_forward_hook(keep_output)  # the K heads as one linear: output (B, S, K · card)
+    for head in lm.heads:  # head k's output (B, S, card)
+        head.register_forward_hook(keep_output)
     T = 10
     loss, _ = lm.compute_loss(random_codes(2, T), text, mask, chroma)
     loss.backward()
     _, real = lm.pattern.build(random_codes(1, T), lm.special)  # (K, S): True where step s holds a real token
-    B, S, _ = head_outputs[0].shape
-    per_head_grad = head_outputs[0].grad.view(B, S, lm.cfg.n_q, -1)  # (B, S, K · card) -> (B, S, K, card)
     for k in range(lm.cfg.n_q):
-        grad_norm = per_head_grad[:, :, k].abs().sum(dim=(0, 2))  # (B, S, card) -> (S,)
+        grad_norm = head_outputs[k].grad.abs().sum(dim=(0, 2))  # (B, S, card) -> (S,)
         predicts_real = torch.zeros_like(real[k])
         predicts_real[:-1] = real[k][1:]  # output at step s predicts step s+1
         assert (grad_norm[~predicts_real] == 0).all()
@@ -104,14 +103,13 @@ def test_loss_ignores_special_positions():
 
 
 @pytest.mark.parametrize("input_codebooks", [4, 1])
-def test_stacked_embedding_tables_equal_k_separate_tables_and_reject_bad_tokens(input_codebooks):
-    """The tables live in one matrix; looking up token x of codebook k must read table k, row x, and
-    only the first input_codebooks codebooks are read."""
+def test_the_summed_embedding_tables_read_table_k_for_codebook_k_and_reject_bad_tokens(input_codebooks):
+    """Token x of codebook k reads table k, row x, and only the first input_codebooks codebooks are read."""
     lm = tiny_lm(input_codebooks=input_codebooks)
     text, mask, _ = conditions(lm)
     sequence = torch.randint(0, CARD + 1, (2, 4, 6), generator=torch.Generator().manual_seed(3))
-    tables = lm.embeddings.weight.view(input_codebooks, CARD + 1, -1)  # (K_in · (card + 1), D) -> (K_in, card + 1, D)
-    expected = sum(tables[k][sequence[:, k]] for k in range(input_codebooks))  # Σ_k Emb_k(x_k), (B, S, D)
+    assert len(lm.embeddings) == input_codebooks
+    expected = sum(lm.embeddings[k].weight[sequence[:, k]] for k in range(input_codebooks))  # Σ_k Emb_k(x_k)
     seen = []
     lm.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
