@@ -27,7 +27,7 @@ import torch
 ENABLED = True
 FORCED = {}        # {operation: candidate name}, e.g. {"linear": "(W·xᵀ)ᵀ"}: no timing, that form (tests)
 ROUNDS = 5         # timing rounds per decision, best kept
-MIN_SECONDS = 2e-4  # a timed round repeats the call until it lasts this long (a single call can be ~10 µs)
+MIN_SECONDS = 2e-4  # a timed round repeats the call until it lasts this long (one call may be a few µs)
 _decisions = {}    # key -> {"choice": name, "seconds": {name: best seconds per call}}
 
 

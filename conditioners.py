@@ -26,7 +26,7 @@ from collections import Counter
 import torch
 import torch.nn as nn
 
-from audio import hz_to_midi, resample
+from audio import hz_to_midi
 
 PAD, UNK = 0, 1
 
@@ -206,12 +206,6 @@ class ChromaExtractor(nn.Module):
         if self.gate_silence:
             chroma = chroma.masked_fill(peak < self.silence, 0.0)
         return chroma
-
-    def extract(self, wav: torch.Tensor, wav_sample_rate: int) -> torch.Tensor:
-        """Like forward, for audio at any rate: resampled to self.sample_rate first."""
-        if wav_sample_rate != self.sample_rate:
-            wav = resample(wav, wav_sample_rate, self.sample_rate)
-        return self(wav)
 
 
 class ConditionDropout:

@@ -21,11 +21,8 @@ from pathlib import Path
 import torch
 
 from audio import AudioError, read_audio, write_audio
-from musicgen import MusicGen
+from musicgen import MusicGen, check_generation_params
 from pretrained import PretrainedError
-
-MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
-
 
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr)
@@ -67,10 +64,10 @@ def main(argv=None):
     texts = args.text
     if texts is not None and any(not t.strip() for t in texts):
         fail("--text is empty; describe the music, or leave --text out for unconditional generation")
-    if args.duration is not None and not 0 < args.duration <= MAX_DURATION:
-        fail(f"--duration must be in (0, {MAX_DURATION:g}] seconds, got {args.duration:g}")
-    if args.top_k < 0 or not 0 <= args.top_p <= 1 or args.temperature < 0:
-        fail("--top-k must be >= 0, --top-p in [0, 1], --temperature >= 0")
+    try:
+        check_generation_params(args.duration, args.top_k, args.top_p, args.temperature)
+    except ValueError as error:  # the API's rule, worded with the flags' names
+        fail(f"--{str(error).replace('top_', 'top-')}")
     if args.melody and args.prompt:
         fail("use --melody or --prompt, not both")
     run = Path(args.run)

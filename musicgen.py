@@ -28,6 +28,22 @@ from sampling import generate_codes
 
 
 # ---- the user-facing front (mirrors the reference library's API on purpose) -----------------------
+MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
+
+
+def check_generation_params(duration=None, top_k=250, top_p=0.0, temperature=1.0):
+    """The rules of the sampling parameters, in one place for the API (set_generation_params) and the
+    command line (generate.py checks them before it loads a model): ValueError naming the first broken."""
+    if duration is not None and not 0 < duration <= MAX_DURATION:
+        raise ValueError(f"duration must be in (0, {MAX_DURATION:g}] seconds, got {duration:g}")
+    if not top_k >= 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
 class MusicGen:
     """Codec + LM + tokenizer, rebuilt from a run directory or a published folder, with the reference
     library's methods.
@@ -78,10 +94,9 @@ class MusicGen:
         (LMConfig.cfg_coef; paper 3), None runs the conditional model alone. `duration` defaults to one training window; longer durations slide the window forward by
         `extend_stride` seconds (default half a window) re-feeding the rest as a prompt, as the
         reference does past 30 s."""
+        check_generation_params(duration, top_k, top_p, temperature)
         window = self.lm.cfg.window_seconds
         duration = window if duration is None else duration
-        if not 0 < duration <= 3600:
-            raise ValueError(f"duration must be in (0, 3600] seconds, got {duration}")
         extend_stride = window / 2 if extend_stride is None else extend_stride
         if not 0 < extend_stride < window:
             raise ValueError(f"extend_stride must be in (0, {window}) seconds, got {extend_stride}")

@@ -40,7 +40,8 @@ def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, to
     else:
         if 0 < top_k < card:
             # Top-k: keep the k largest logits. The k-th largest is the (card - k + 1)-th smallest;
-            # kthvalue finds it ~2x faster than topk(k). The others get probability exp(-inf) = 0.
+            # kthvalue finds it faster than topk(k) (NOTES.md, "Decoding at the real size"). The others
+            # get probability exp(-inf) = 0.
             kth = logits.kthvalue(card - top_k + 1, dim=-1, keepdim=True).values  # (B, K, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)  # (B, K, card)
@@ -52,7 +53,7 @@ def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, to
     return torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True).squeeze(-1)  # (B, K, 1) -> (B, K)
 
 
-@torch.inference_mode()  # like no_grad, minus autograd's version bookkeeping: ~14% faster cached steps here
+@torch.inference_mode()  # like no_grad, minus autograd's version bookkeeping (a cost on every small op)
 def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=3.0,
                    use_sampling=True, temperature=1.0, top_k=250, top_p=0.0, generator=None, use_cache=True):
     """Autoregressive decoding over the pattern's steps, within one window (§3).

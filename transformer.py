@@ -294,15 +294,6 @@ class KVCache:
         """Number of steps held (0 before the first call)."""
         return self.layers[0].length if self.layers else 0
 
-    def crop(self, n: int):
-        """Keep only the first n cached steps (e.g. to re-run a suffix); the condition's K/V stay."""
-        for layer in self.layers:
-            layer.length = min(layer.length, n)
-
-    def reset(self):
-        """Forget everything, condition included (e.g. before a new sliding window)."""
-        self.layers, self.start = [], 0
-
 
 class DecoderBlock(nn.Module):
     """One pre-norm layer: causal self-attention, optional cross-attention, GELU FFN (§2.3)."""

@@ -148,21 +148,6 @@ def test_explicit_offset_continues_positions_like_one_pass():
         assert torch.allclose(torch.cat([head, tail], dim=1), shifted, atol=1e-5)
 
 
-def test_crop_then_rerun_the_suffix_equals_one_pass():
-    model = make_model()
-    x, condition, condition_mask = make_inputs()
-    with torch.no_grad():
-        full = model(x, condition, condition_mask)
-        cache = KVCache()
-        model(x, condition, condition_mask, cache=cache)
-        cache.crop(6)
-        assert cache.length == 6
-        again = model(x[:, 6:], cache=cache)  # default offset: where the cropped cache stops
-        cache.reset()
-        assert cache.length == 0 and cache.start == 0
-    assert torch.allclose(again, full[:, 6:], atol=1e-5)
-
-
 def test_manual_attention_equals_sdpa():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (6, 9, 9))
