@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST = ["tests/test_known_answers.py", "tests/test_patterns.py", "tests/test_rvq.py", "tests/test_transformer.py",
+FIRST = ["tests/test_known_answers.py", "tests/test_autotune.py", "tests/test_fast_paths.py", "tests/test_patterns.py", "tests/test_rvq.py", "tests/test_transformer.py",
          "tests/test_musicgen.py", "tests/test_encodec.py", "tests/test_train.py"]
 
 MUTANTS = [
@@ -76,6 +76,15 @@ MUTANTS = [
      "return null, draw[:, 1] < self.p_melody"),
     # training plumbing
     ("lr-warmup-off-by-one", "train_lm.py", "return lr * (step + 1) / warmup", "return lr * step / warmup"),
+    # the LM's paper forms and the fast forms derived from them
+    ("embeddings-first-table-only", "lm.py", "x = sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))",
+     "x = self.embeddings[0](sequence[:, 0])"),
+    ("stacked-heads-never-rebuilt", "lm.py", "if self._stacked_from is None or any(",
+     "if self._stacked_from is None or False and any("),
+    ("transposed-product-not-transposed", "transformer.py", "y = torch.mm(weight, rows.t()).t().contiguous()",
+     "y = torch.mm(weight, rows.t()).reshape(rows.shape[0], -1)"),
+    ("autotune-keeps-the-slowest", "autotune.py", 'return {"choice": min(best, key=best.get)',
+     'return {"choice": max(best, key=best.get)'),
 ]
 
 # Data-parallel faults, run against the multi-process tests (slow: torchrun, 2 processes) instead.

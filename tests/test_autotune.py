@@ -8,12 +8,7 @@ import torch
 import autotune
 
 
-@pytest.fixture(autouse=True)
-def fresh_decisions():
-    autotune.reset()
-    yield
-    autotune.FORCED.clear()
-    autotune.reset()
+pytestmark = pytest.mark.usefixtures("fresh_autotune")  # tests/conftest.py
 
 
 def candidates(calls):

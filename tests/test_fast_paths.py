@@ -20,13 +20,7 @@ from sampling import generate_codes
 from transformer import GELU_FORMS, HALF_ATTENTION_FORMS, LINEAR_FORMS, Linear, attention
 
 
-@pytest.fixture(autouse=True)
-def fresh_decisions():
-    """Each test measures (or forces) its own choices, and leaves none behind."""
-    autotune.reset()
-    yield
-    autotune.FORCED.clear()
-    autotune.reset()
+pytestmark = pytest.mark.usefixtures("fresh_autotune")  # tests/conftest.py
 
 
 def spy(monkeypatch, forms, name):
