@@ -31,41 +31,90 @@ from audio import load_audio, resample, to_mono
 def load_manifest(data_dir):
     """Read and check data_dir/manifest.jsonl. Each line needs "path" and "description"; entries
     without "split" get a stable one from a hash of the path (about one clip in ten "heldout"), so a user's own
-    folder works. Errors name the manifest file and line."""
+    folder works. Errors name the manifest file and line (check_dataset lists them all at once)."""
+    manifest = Path(data_dir) / "manifest.jsonl"
+    entries = []
+    for line_no, row in manifest_rows(data_dir):
+        if isinstance(row, tuple):
+            raise ValueError(f"{manifest}:{line_no}: {row[1]}")
+        entries.append(row)
+    if not entries:
+        raise ValueError(f"{manifest}: no entries")
+    return entries
+
+
+def manifest_rows(data_dir):
+    """(line number, entry or (kind, reason) it is not one) for each non-empty line of manifest.jsonl.
+    UTF-8, with or without a byte-order mark, Unix or Windows line ends."""
     data_dir = Path(data_dir)
     manifest = data_dir / "manifest.jsonl"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: not found; a dataset folder needs manifest.jsonl "
                                 'with lines like {"path": "a.wav", "description": "sad piano"}')
-    entries = []
-    for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
+    for line_no, line in enumerate(manifest.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if line.strip():
+            yield line_no, manifest_entry(line, data_dir)
+
+
+def manifest_entry(line: str, data_dir: Path):
+    """One manifest line -> its entry (the split filled in), or (kind, reason) when it is not one."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as error:
+        return "bad JSON", f"bad JSON ({error.msg})"
+    if not isinstance(entry, dict):
+        return "not an object", f"expected a JSON object, got {type(entry).__name__}"
+    for key in ("path", "description"):
+        if not isinstance(entry.get(key), str):
+            return "missing key", f"missing or non-string key {key!r}"
+    attributes = entry.setdefault("attributes", {})
+    if not isinstance(attributes, dict):
+        return "bad attributes", "'attributes' must be an object"
+    if not isinstance(attributes.get("melody_path", ""), str):
+        return "bad attributes", "'melody_path' must be a string"
+    for relative in (entry["path"], attributes.get("melody_path")):
+        if relative is not None and not (data_dir / relative).is_file():
+            return "file not found", f"audio file {data_dir / relative} not found"
+    if "split" not in entry:
+        digest = hashlib.sha1(entry["path"].encode()).digest()
+        entry["split"] = "heldout" if digest[0] % 10 == 0 else "train"
+    if entry["split"] not in ("train", "heldout"):
+        return "bad split", f"split must be 'train' or 'heldout', got {entry['split']!r}"
+    return entry
+
+
+def check_dataset(data_dir):
+    """Every problem of a dataset folder at once, from the manifest and the audio files' headers alone
+    (no sample is decoded, so thousands of files take seconds) -> (good, problems): good is a list of
+    (entry, seconds of its audio) that train, problems {kind: ["line N: reason", ...]}."""
+    data_dir = Path(data_dir)
+    good, problems = [], {}
+    for line_no, row in manifest_rows(data_dir):
+        if isinstance(row, dict):
+            row, seconds = audio_header_problem(data_dir, row)
+        if isinstance(row, tuple):
+            problems.setdefault(row[0], []).append(f"line {line_no}: {row[1]}")
+        else:
+            good.append((row, seconds))
+    return good, problems
+
+
+def audio_header_problem(data_dir, entry):
+    """-> (entry, its clip's seconds), or ((kind, reason), None) when its audio or melody file's header
+    says soundfile cannot read it or it holds no sample."""
+    seconds = None
+    for relative in (entry["path"], entry["attributes"].get("melody_path")):
+        if relative is None:
             continue
-        where = f"{manifest}:{line_no}"
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: bad JSON ({error.msg})") from None
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-        for key in ("path", "description"):
-            if not isinstance(entry.get(key), str):
-                raise ValueError(f"{where}: missing or non-string key {key!r}")
-        attributes = entry.setdefault("attributes", {})
-        if not isinstance(attributes, dict):
-            raise ValueError(f"{where}: 'attributes' must be an object")
-        for relative in (entry["path"], attributes.get("melody_path")):
-            if relative is not None and not (data_dir / relative).is_file():
-                raise ValueError(f"{where}: audio file {data_dir / relative} not found")
-        if "split" not in entry:
-            digest = hashlib.sha1(entry["path"].encode()).digest()
-            entry["split"] = "heldout" if digest[0] % 10 == 0 else "train"
-        if entry["split"] not in ("train", "heldout"):
-            raise ValueError(f"{where}: split must be 'train' or 'heldout', got {entry['split']!r}")
-        entries.append(entry)
-    if not entries:
-        raise ValueError(f"{manifest}: no entries")
-    return entries
+            info = sf.info(data_dir / relative)
+        except Exception as error:  # soundfile's errors name the format problem
+            reason = (str(error).strip().splitlines() or [""])[-1].split(": ")[-1]
+            return ("unreadable audio", f"{relative}: not readable as audio ({reason})"), None
+        if info.frames == 0 or info.samplerate <= 0:
+            return ("empty audio", f"{relative}: holds no sample"), None
+        seconds = info.frames / info.samplerate if seconds is None else seconds
+    return entry, seconds
 
 
 @dataclass

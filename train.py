@@ -12,6 +12,8 @@ This file holds the recipe: `Preset` (the paper's budgets by default) and the ti
 changes them, one line per value with the paper's value and the reason; then the command line.
 """
 import argparse
+import json
+import math
 import os
 import sys
 import time
@@ -217,6 +219,71 @@ def apply_overrides(preset: "Preset", options: list) -> "Preset":
                    **changes[""])
 
 
+def check_numbers(args, preset: "Preset"):
+    """Every number of the command line, and the preset's after the overrides, in its range: one line
+    naming the flag, exit 2, before any work."""
+    for flag, value, low in (("--max-steps", args.max_steps, 1), ("--batch-size", args.batch_size, 1),
+                             ("--eval-every", args.eval_every, 1), ("--micro-batch", args.micro_batch, 0),
+                             ("--workers", args.workers, 0), ("--seed", args.seed, 0)):
+        if value is not None and value < low:
+            fail(f"{flag} must be at least {low}, got {value}")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        fail(f"--lr must be a positive number, got {args.lr}")
+    p = preset
+    for name, ok in (("codec_steps", p.codec_steps >= 1), ("lm_steps", p.lm_steps >= 1),
+                     ("codec_batch", p.codec_batch >= 1), ("lm_batch", p.lm_batch >= 1),
+                     ("codec_lr", 0 < p.codec_lr < math.inf), ("lm_lr", 0 < p.lm_lr < math.inf),
+                     ("codec_crop_seconds", 0 < p.codec_crop_seconds < math.inf),
+                     ("codec_quantizer_warmup", 0 <= p.codec_quantizer_warmup < 1),
+                     ("codec_grad_clip", 0 <= p.codec_grad_clip < math.inf), ("lm_warmup", p.lm_warmup >= 0),
+                     ("n_clips", p.n_clips >= 1), ("lm.window_seconds", 0 < p.lm.window_seconds < math.inf)):
+        if not ok:
+            value = p.lm.window_seconds if name == "lm.window_seconds" else getattr(p, name)
+            fail(f"--{name}={value} is out of range")
+
+
+def checked_data(data_dir, out: Path, skip_bad: bool, window_seconds: float, rank) -> Path:
+    """The dataset folder checked before any training (data.check_dataset: the manifest and every audio
+    file's header). Problems: a few lines naming them, grouped, and exit 2; with --skip-bad the good
+    clips alone, through a manifest of their absolute paths in OUT/checked_data. Returns the folder
+    the stages read."""
+    manifest = Path(data_dir) / "manifest.jsonl"
+    try:
+        good, problems = data.check_dataset(data_dir)
+    except OSError as error:
+        fail(str(error))
+    count = sum(len(examples) for examples in problems.values())
+    if problems and (not skip_bad or not good):
+        print(f"error: {count} problem(s) in {manifest}, {len(good)} clip(s) fine"
+              + (" (--skip-bad trains on those):" if good else ":"), file=sys.stderr)
+        for kind, examples in problems.items():
+            print(f"  {kind} ({len(examples)}): " + "; ".join(examples[:3]) + ("; ..." if len(examples) > 3 else ""),
+                  file=sys.stderr)
+        sys.exit(2)
+    if not good:
+        fail(f"{manifest}: no entries")
+    if not any(entry["split"] == "train" and seconds >= window_seconds for entry, seconds in good):
+        fail(f"no training clip in {data_dir} is at least {window_seconds:g} s long, the LM's window: "
+             f"give longer clips or a shorter window (--lm.window_seconds=...)")
+    if not problems:
+        return Path(data_dir)
+    if rank.main:
+        print(f"--skip-bad: {count} clip(s) skipped (" + ", ".join(f"{k} {len(v)}" for k, v in problems.items())
+              + f"), {len(good)} kept")
+        folder = out / "checked_data"
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for entry, _ in good:
+            entry = dict(entry, path=str((Path(data_dir) / entry["path"]).resolve()),
+                         attributes=dict(entry["attributes"]))
+            if "melody_path" in entry["attributes"]:
+                entry["attributes"]["melody_path"] = str((Path(data_dir) / entry["attributes"]["melody_path"]).resolve())
+            lines.append(json.dumps(entry))
+        (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    ddp.barrier(rank)
+    return out / "checked_data"
+
+
 def fail(message: str):
     """Bad input: one line on stderr, exit code 2, before any work is spent."""
     print(f"error: {message}", file=sys.stderr)
@@ -254,6 +321,8 @@ def parse_args(argv=None):
                         "accumulation (default 0: the whole share at once)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading audio (default 0: none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the LM (opt-in; for GPUs)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="train on the clips that pass the data check, naming those skipped (default: refuse)")
     p.epilog = ("Any config field too, after the preset: --lm.FIELD=V (LMConfig), --codec.FIELD=V (EncodecConfig), "
                 "--FIELD=V (Preset), e.g. --lm.dim=256 --codec.n_q=8 --lm_steps=500.")
     args, options = p.parse_known_args(argv)
@@ -295,6 +364,7 @@ def run(args, rank):
         preset = apply_overrides(replace(preset, **overrides), args.overrides)
     except ValueError as error:
         fail(str(error))
+    check_numbers(args, preset)
     if args.stage in ("lm", "all"):  # a pattern the LM could not read fails now, not after the codec stage
         try:
             check_input_codebooks(replace(preset.lm, n_q=preset.codec.n_q, pattern=args.pattern))
@@ -306,27 +376,28 @@ def run(args, rank):
     started = time.time()
     if not (Path(args.data) / "manifest.jsonl").exists():
         if args.data != "data/toy":
-            raise SystemExit(f"error: {Path(args.data) / 'manifest.jsonl'} not found (see README: your own data)")
+            fail(f"{Path(args.data) / 'manifest.jsonl'} not found (see README: your own data)")
         if rank.main:
             print(f"building the toy dataset ({preset.n_clips} clips) in {args.data}")
             toy.make_toy_dataset(args.data, n=preset.n_clips, seed=args.seed)
         timings["data"] = time.time() - started
     ddp.barrier(rank)  # the other processes wait for rank 0's dataset
+    data_dir = checked_data(args.data, out, args.skip_bad, preset.lm.window_seconds if args.stage != "codec" else 0, rank)
     common = dict(seed=args.seed, device=device, resume=args.resume, eval_every=args.eval_every, rank=rank,
                   micro_batch=args.micro_batch, workers=args.workers)
     if args.stage in ("codec", "all"):
         t0 = time.time()
-        train_codec(out, args.data, preset, **common)
+        train_codec(out, data_dir, preset, **common)
         timings["codec"] = time.time() - t0
     ddp.barrier(rank)  # codec.pt is written (by rank 0) before any process reads it
     if args.stage in ("lm", "all"):
         t0 = time.time()
-        train_lm(out, args.data, preset, pattern=args.pattern, compile=args.compile, **common)
+        train_lm(out, data_dir, preset, pattern=args.pattern, compile=args.compile, **common)
         timings["lm"] = time.time() - t0
         if rank.main:
             t0 = time.time()
             print(f"samples in {out / 'samples'}:")
-            write_samples(out, args.data, seed=args.seed)
+            write_samples(out, data_dir, seed=args.seed)
             timings["samples"] = time.time() - t0
     if rank.main:
         print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
