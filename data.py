@@ -155,12 +155,26 @@ def clip_lengths(data_dir, paths, sample_rate):
     return lengths
 
 
+class DataError(Exception):
+    """A dataset file that cannot be read when a training step needs it (changed on disk after the
+    check): the stages save their checkpoint and re-raise it; train.py ends with its one line."""
+
+
 def read_window(path, sample_rate, start, length):
     """Samples [start, start + length) of a file at `sample_rate`, (1, length), zero-padded past its end,
     reading only that part of the file. At the file's own rate it equals load_audio(path)[:, start:start +
     length]; otherwise a margin of input samples around the window feeds the resampler's filter, and the
     read begins on a sample where input and output grids meet, so the result matches the whole file's
-    resampling away from the file's ends."""
+    resampling away from the file's ends. A file that cannot be read raises DataError."""
+    try:
+        return _read_window(path, sample_rate, start, length)
+    except Exception as error:  # soundfile's and the OS's errors, whatever the file became
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise DataError(f"{path}: cannot be read any more ({reason})") from None
+
+
+def _read_window(path, sample_rate, start, length):
+    """read_window's reading, any error left as it comes."""
     info = sf.info(path)
     if info.samplerate == sample_rate:
         first, offset = start, 0

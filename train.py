@@ -340,6 +340,8 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         run(args, rank)
+    except data.DataError as error:  # the stage saved its checkpoint first
+        fail(f"{error}; the run is saved at its last step: fix or remove the file, then --resume")
     finally:
         ddp.teardown()
 

@@ -189,9 +189,9 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                            f"SI-SNR {valid['si_snr_db']:.1f} dB, chroma cosine {valid['chroma_cosine']:.2f}, perplexity "
                            f"{' / '.join(f'{p:.0f}' for p in valid['perplexity'])} of {cfg.codebook_size}")
                 save(step)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
         if rank.main:
-            tqdm.write(f"interrupted: saving the codec at step {step} to {ckpt_path} (continue with --resume)")
+            tqdm.write(f"stopped: saving the codec at step {step} to {ckpt_path} (continue with --resume)")
         save(step)
         raise
     bar.close()

@@ -309,9 +309,9 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
                            f"per codebook {[round(x, 3) for x in valid.tolist()]} "
                            f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
                 save(step)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
         if rank.main:
-            tqdm.write(f"interrupted: saving the LM at step {step} to {resume_path} (continue with --resume)")
+            tqdm.write(f"stopped: saving the LM at step {step} to {resume_path} (continue with --resume)")
         save(step)
         raise
     bar.close()

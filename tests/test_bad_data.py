@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import data
 import toy
@@ -128,3 +129,69 @@ def test_odd_but_valid_files_pass_the_check_and_train(tmp_path):
     summary = train_codec.train_codec(tmp_path / "run", folder, train.replace(train.TINY, codec_batch=2),
                                       max_steps=1, eval_every=1000, n_valid=2)
     assert summary["steps"] == 1
+
+
+def test_a_file_that_changes_on_disk_mid_run_saves_the_checkpoint_and_ends_in_one_line(folder, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """The check passed; then a file became unreadable. The step that needs it stops the run: the codec
+    is saved at the last finished step, the message names the file, exit code 2; --resume continues."""
+    reads, read_window = [], data._read_window
+
+    def changing(path, *args):
+        reads.append(path)
+        if len(reads) > 64 + 2 * 2:  # after k-means' 64 crops and two steps of two: the file went bad
+            raise RuntimeError("Error opening file: Format not recognised.")
+        return read_window(path, *args)
+    monkeypatch.setattr(data, "_read_window", changing)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--data", str(folder), "--out", str(out), "--stage", "codec", "--max-steps", "5",
+                    "--batch-size", "2", "--codec_quantizer_warmup=0"])
+    err = capsys.readouterr().err  # the progress bars, then the one line
+    message = err[err.index("error:"):].strip()
+    assert stop.value.code == 2 and err.count("error:") == 1 and "\n" not in message and "Traceback" not in err
+    assert "cannot be read any more" in message and "--resume" in message and str(reads[-1]) in message
+    checkpoint = torch.load(out / "codec.pt", weights_only=True)
+    assert checkpoint["step"] == 2
+    monkeypatch.setattr(data, "_read_window", read_window)  # the file is fixed: the run continues
+    train.main(["--data", str(folder), "--out", str(out), "--stage", "codec", "--max-steps", "5",
+                "--batch-size", "2", "--codec_quantizer_warmup=0", "--resume"])
+    assert torch.load(out / "codec.pt", weights_only=True)["step"] == 5
+
+
+KILLED_WRITER = """
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+import lm as lm_module
+real_save = torch.save
+
+def dying_save(obj, f, *args, **kwargs):  # half of the checkpoint reaches the disk, then kill -9
+    real_save(obj, f, *args, **kwargs)
+    size = os.path.getsize(f)
+    with open(f, "r+b") as handle:
+        handle.truncate(size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+model = lm_module.LMModel(lm_module.LMConfig(n_q=4, codebook_size=16, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+    window_seconds=1.0, text_encoder="scratch", text_vocab_size=8, text_dim=16, text_layers=1, text_heads=2,
+    sample_rate=16000, chroma_n_fft=2048, chroma_hop_length=512))
+from conditioners import Tokenizer
+lm_module.save_lm({path!r}, model, Tokenizer.build(["a tune"]), step=7)
+"""
+
+
+def test_kill_9_during_a_checkpoint_write_leaves_the_previous_checkpoint_valid(tmp_path):
+    """A real process killed (SIGKILL) in the middle of writing lm.pt: the previous lm.pt, step 3, is
+    untouched and loads; what the killed write left is a temporary file beside it."""
+    import lm as lm_module
+    from conditioners import Tokenizer
+    path = tmp_path / "lm.pt"
+    cfg = lm_module.LMConfig(n_q=4, codebook_size=16, dim=32, n_layers=1, n_heads=2, ffn_dim=64, window_seconds=1.0,
+                             text_encoder="scratch", text_vocab_size=8, text_dim=16, text_layers=1, text_heads=2,
+                             sample_rate=16000, chroma_n_fft=2048, chroma_hop_length=512)
+    lm_module.save_lm(path, lm_module.LMModel(cfg), Tokenizer.build(["a tune"]), step=3)
+    before = path.read_bytes()
+    result = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(root=str(ROOT), path=str(path))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9  # killed by SIGKILL, mid-write
+    assert path.read_bytes() == before and lm_module.load_lm(path)[2]["step"] == 3
