@@ -51,9 +51,15 @@ def manifest_rows(data_dir):
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: not found; a dataset folder needs manifest.jsonl "
                                 'with lines like {"path": "a.wav", "description": "sad piano"}')
-    for line_no, line in enumerate(manifest.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if line.strip():
-            yield line_no, manifest_entry(line, data_dir)
+    raw = manifest.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, if an editor wrote one
+    for line_no, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            yield line_no, ("not UTF-8", "the line is not UTF-8 text")
+            continue
+        if text.strip():
+            yield line_no, manifest_entry(text, data_dir)
 
 
 def manifest_entry(line: str, data_dir: Path):
@@ -62,11 +68,15 @@ def manifest_entry(line: str, data_dir: Path):
         entry = json.loads(line)
     except json.JSONDecodeError as error:
         return "bad JSON", f"bad JSON ({error.msg})"
+    except RecursionError:
+        return "bad JSON", "bad JSON (nested too deeply)"
     if not isinstance(entry, dict):
         return "not an object", f"expected a JSON object, got {type(entry).__name__}"
     for key in ("path", "description"):
         if not isinstance(entry.get(key), str):
             return "missing key", f"missing or non-string key {key!r}"
+    if not entry["description"].strip():
+        return "empty description", "the description is empty (the LM learns the null condition by dropout)"
     attributes = entry.setdefault("attributes", {})
     if not isinstance(attributes, dict):
         return "bad attributes", "'attributes' must be an object"

@@ -83,8 +83,8 @@ def read_safetensors(path) -> dict:
             raise PretrainedError(f"{path}: header length {n} runs past the end of the file ({size} bytes)")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PretrainedError(f"{path}: header is not valid JSON ({e})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise PretrainedError(f"{path}: header is not valid JSON ({type(e).__name__}: {e})") from None
         if not isinstance(header, dict):
             raise PretrainedError(f"{path}: header is not a JSON object")
         data_start, data_size = 8 + n, size - 8 - n

@@ -253,6 +253,9 @@ def checked_data(data_dir, out: Path, skip_bad: bool, window_seconds: float, ran
     except OSError as error:
         fail(str(error))
     count = sum(len(examples) for examples in problems.values())
+    if count == 1 and not skip_bad:  # one problem, one line
+        fail(f"{manifest}, {next(iter(problems.values()))[0]}"
+             + (f" ({len(good)} clip(s) fine: --skip-bad trains on those)" if good else ""))
     if problems and (not skip_bad or not good):
         print(f"error: {count} problem(s) in {manifest}, {len(good)} clip(s) fine"
               + (" (--skip-bad trains on those):" if good else ":"), file=sys.stderr)

@@ -71,8 +71,19 @@ def test_each_fault_is_reported_before_any_training_with_exit_code_2(case, folde
     result = run_train(folder, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("error: 1 problem(s)") and "--skip-bad" in lines[0] and words in result.stderr
-    assert len(lines) <= 8 and not (tmp_path / "run" / "codec.pt").exists()
+    kind, where = words.split(" (1): ")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and where in lines[0] and "--skip-bad" in lines[0]
+    assert not (tmp_path / "run" / "codec.pt").exists()
+
+
+def test_several_problems_are_listed_grouped_in_a_few_lines(folder, tmp_path):
+    for case in CASES:
+        plant(case, folder)
+    result = run_train(folder, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[0].startswith("error: 5 problem(s)") and len(lines) == 1 + len(CASES)
+    assert all(plant_words in result.stderr for plant_words in ("file not found (1)", "unreadable audio (1)",
+                                                               "missing key (1)", "bad JSON (1)", "empty audio (1)"))
 
 
 def test_every_problem_at_once_and_skip_bad_trains_on_the_rest(folder, tmp_path):
@@ -110,22 +121,31 @@ def test_clips_all_shorter_than_the_lm_window_are_refused_before_the_codec_train
 
 def test_odd_but_valid_files_pass_the_check_and_train(tmp_path):
     """A byte-order mark and Windows line ends, a path with spaces and non-ASCII letters, 6 channels,
-    8-bit samples, 96 kHz, a clip of 0.1 s, a silent clip: all fine."""
+    8-bit samples, 96 kHz, a wav cut in half, an mp3 renamed .wav, a clip of 0.1 s, a silent clip: all
+    readable, so all fine."""
     folder = tmp_path / "odd"
     folder.mkdir()
     t = np.arange(96000) / 96000
     tone = 0.3 * np.sin(2 * np.pi * 440 * t)
     files = {"a clip é.wav": (np.stack([tone] * 6, axis=1), 96000, "PCM_16"),
+             "half written.wav": (tone[:32000, None], 16000, "PCM_16"),  # cut in half below
+             "an mp3.wav": (tone[:16000, None], 16000, "MP3"),
              "eight bit.wav": (tone[::6, None], 16000, "PCM_U8"),
              "short.wav": (tone[:1600, None], 16000, "PCM_16"),
              "silent.wav": (np.zeros((16000, 1)), 16000, "PCM_16")}
     for name, (samples, rate, subtype) in files.items():
-        sf.write(folder / name, samples, rate, subtype=subtype)
+        if subtype == "MP3":
+            sf.write(folder / "tmp.mp3", samples, rate)
+            (folder / "tmp.mp3").rename(folder / name)  # an mp3 renamed .wav
+        else:
+            sf.write(folder / name, samples, rate, subtype=subtype)
+    raw = (folder / "half written.wav").read_bytes()
+    (folder / "half written.wav").write_bytes(raw[:len(raw) // 2])  # another tool wrote half of it
     lines = [json.dumps({"path": name, "description": f"clip {i}", "split": "train"}, ensure_ascii=False)
              for i, name in enumerate(files)]
     (folder / "manifest.jsonl").write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
     good, problems = data.check_dataset(folder)
-    assert problems == {} and len(good) == 4
+    assert problems == {} and len(good) == len(files)
     summary = train_codec.train_codec(tmp_path / "run", folder, train.replace(train.TINY, codec_batch=2),
                                       max_steps=1, eval_every=1000, n_valid=2)
     assert summary["steps"] == 1
@@ -195,3 +215,59 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_checkpoint_valid(t
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == -9  # killed by SIGKILL, mid-write
     assert path.read_bytes() == before and lm_module.load_lm(path)[2]["step"] == 3
+
+
+def test_a_fuzzed_manifest_gives_problems_never_an_exception(tmp_path):
+    """Seeded fuzz of the manifest reader: random bytes (not UTF-8 either), truncated and mutated lines
+    of a valid manifest, deep nesting. check_dataset returns problems; load_manifest raises ValueError."""
+    import random
+    rng = random.Random(0)
+    folder = tmp_path / "fuzz"
+    toy.make_toy_dataset(folder, n=3, seed=0)
+    valid = (folder / "manifest.jsonl").read_bytes()
+    cases = [bytes(rng.randrange(256) for _ in range(rng.randrange(200))) for _ in range(60)]
+    cases += [valid[:rng.randrange(len(valid))] for _ in range(60)]
+    for _ in range(80):
+        mutated = bytearray(valid)
+        for _ in range(rng.randrange(1, 8)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        cases.append(bytes(mutated))
+    cases.append(b"[" * 100_000 + b"]" * 100_000)
+    for i, case in enumerate(cases):
+        (folder / "manifest.jsonl").write_bytes(case)
+        good, problems = data.check_dataset(folder)
+        assert all(isinstance(example, str) for examples in problems.values() for example in examples)
+        try:
+            data.load_manifest(folder)
+        except ValueError as error:
+            assert len(str(error).splitlines()) == 1, (i, str(error))
+
+
+KILLED_RUN = """
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+import train
+real_save, saves = torch.save, []
+
+def dying_save(obj, f, *args, **kwargs):  # the second checkpoint: half written, then kill -9
+    saves.append(f)
+    real_save(obj, f, *args, **kwargs)
+    if len(saves) == 2:
+        with open(f, "r+b") as handle:
+            handle.truncate(os.path.getsize(f) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+train.main(["--data", {data!r}, "--out", {out!r}, "--stage", "codec", "--max-steps", "4", "--batch-size", "2",
+            "--eval-every", "2", "--codec_quantizer_warmup=0"])
+"""
+
+
+def test_a_run_killed_while_writing_its_checkpoint_resumes_from_the_previous_one(folder, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", KILLED_RUN.format(root=str(ROOT), data=str(folder), out=str(out))],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == -9, result.stderr[-2000:]  # killed in the write of step 4's checkpoint
+    assert torch.load(out / "codec.pt", weights_only=True)["step"] == 2  # step 2's, intact
+    train.main(["--data", str(folder), "--out", str(out), "--stage", "codec", "--max-steps", "4", "--batch-size", "2",
+                "--eval-every", "2", "--codec_quantizer_warmup=0", "--resume"])
+    assert torch.load(out / "codec.pt", weights_only=True)["step"] == 4

@@ -238,3 +238,56 @@ def test_a_later_token_never_changes_an_earlier_prediction():
         a, b = lm(sequence, lm.conditions(text, mask)), lm(changed, lm.conditions(text, mask))
     assert torch.allclose(a[..., :7, :], b[..., :7, :], atol=1e-6)
     assert not torch.allclose(a[..., 7:, :], b[..., 7:, :])
+
+
+# ---- what a student could break unnoticed: the loss's composition, revival's statistics, "" ---------
+def test_the_codec_loss_is_the_weighted_sum_of_its_terms_commitment_included():
+    """L = λ_l1·L1 + λ_mel·L_mel + λ_pitch·L_semitone + λ_if·L_if + λ_c·L_commit, each weight its own."""
+    from dataclasses import replace
+    from losses import ReconstructionLoss
+    cfg = replace(TINY_CODEC, l1_weight=0.3, mel_weight=2.0, pitch_weight=0.5, frequency_weight=0.25,
+                  commitment_weight=1.5)
+    loss_fn = ReconstructionLoss(cfg)
+    g = torch.Generator().manual_seed(0)
+    wav, recon = (0.3 * torch.randn(2, 1, 4096, generator=g) for _ in range(2))
+    commitment = torch.tensor(0.7)
+    terms = dict(l1=(recon - wav).abs().mean(), mel=loss_fn.mel(wav, recon), pitch=loss_fn.pitch(wav, recon),
+                 frequency=loss_fn.frequency(wav, recon))
+    assert all(value > 0 for value in terms.values())
+    total, mel = loss_fn(wav, recon, commitment)
+    expected = 0.3 * terms["l1"] + 2.0 * terms["mel"] + 0.5 * terms["pitch"] + 0.25 * terms["frequency"] + 1.5 * 0.7
+    assert torch.allclose(total, expected, rtol=1e-6) and torch.equal(mel, terms["mel"])
+
+
+def test_revival_writes_the_threshold_into_the_count_and_threshold_times_the_input_into_the_sum():
+    """A revived entry e_j = x: count N_j = threshold, sum m_j = threshold · x (so m_j / N_j = x)."""
+    vq = VectorQuantizer(dim=2, codebook_size=3, decay=0.9, dead_threshold=2.5)
+    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [50.0, 50.0], [100.0, 100.0]]))
+    vq.cluster_size.copy_(torch.tensor([6.0, 0.5, 4.0]))  # entry 1 alone is dead
+    vq.embed_sum.copy_(vq.codebook * vq.cluster_size[:, None])
+    x = torch.tensor([[1.0, 2.0]] * 4)
+    assert vq.revive_dead_codes(x) == 1
+    assert vq.cluster_size.tolist() == [6.0, 2.5, 4.0]
+    assert vq.embed_sum[1].tolist() == [2.5, 5.0] and vq.codebook[1].tolist() == [1.0, 2.0]
+    assert vq.embed_sum[0].tolist() == [0.0, 0.0] and vq.embed_sum[2].tolist() == [400.0, 400.0]  # untouched
+
+
+def test_an_empty_description_is_the_null_condition_even_when_the_tokenizer_gives_it_a_token():
+    """T5's tokenizer encodes "" as one token (</s>); MusicGen must still hand the LM an all-False mask
+    for it (the null condition, as guidance's null half), and keep the other descriptions' tokens."""
+    lm = tiny_lm()
+    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+                                                 "ratios": (8, 5, 4, 4), "dimension": 8}))  # 25 Hz, as the LM
+
+    class EndToken:  # like t5.UnigramTokenizer: every text ends in </s> (id 1), "" included
+        def encode(self, texts):
+            rows = [[2, 3, 1] if text else [1] for text in texts]
+            ids = torch.tensor([row + [0] * (3 - len(row)) for row in rows])
+            return ids, ids != 0
+    seen = []
+    encode_text = lm.encode_text
+    lm.encode_text = lambda ids, mask: seen.append(mask.clone()) or encode_text(ids, mask)
+    model = MusicGen(codec.eval(), lm, EndToken())
+    model.set_generation_params(duration=0.2)
+    model.generate(["a tune", ""])
+    assert seen[0].tolist() == [[True, True, True], [False, False, False]]
