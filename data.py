@@ -223,6 +223,42 @@ def plan_loader(dataset, plans, workers=0):
                                        persistent_workers=False)
 
 
+# ---- batch plans: which windows a step reads, drawn from the step's generator --------------------
+def crop_plan(paths, lengths, batch, crop, generator):
+    """A global batch of random crops: `batch` items (path, start, crop) over the clips `paths` with
+    `lengths` samples (crops past a clip's end are zero-padded when read)."""
+    ids = torch.randint(0, len(paths), (batch,), generator=generator)
+    return [(paths[i], int(torch.randint(0, max(1, lengths[i] - crop + 1), (1,), generator=generator)), crop)
+            for i in ids.tolist()]
+
+
+def window_plan(frames, pool, batch, window, generator):
+    """A global batch of random windows: `batch` items (clip, start frame) over the clips `pool`, whose
+    lengths in frames are `frames` (every clip in the pool is at least one window long)."""
+    picks = pool[torch.randint(0, len(pool), (batch,), generator=generator)].tolist()
+    return [(i, int(torch.randint(0, max(1, frames[i] - window + 1), (1,), generator=generator))) for i in picks]
+
+
+class CodeWindows(torch.utils.data.Dataset):
+    """Item (clip, start frame) of one split -> codes (K, T) int64 from the memory-mapped array and the
+    aligned melody audio (1, T · hop) read from disk (the clip's melody stem if it has one)."""
+
+    def __init__(self, folder, split, data_dir, melody_paths, sample_rate, hop, window):
+        self.folder, self.split, self.data_dir, self.melody_paths = folder, split, Path(data_dir), melody_paths
+        self.sample_rate, self.hop, self.window = sample_rate, hop, window
+        self.codes = None  # opened on first use, in whichever process (DataLoader worker) reads
+
+    def __getitem__(self, item):
+        i, start = item
+        if self.codes is None:
+            self.codes, self.index = open_codes(self.folder, self.split)
+        first = self.index["offsets"][i] + start
+        codes = torch.from_numpy(self.codes[:, first:first + self.window].astype(np.int64))  # (K, T)
+        melody = read_window(self.data_dir / self.melody_paths[i], self.sample_rate,
+                                  start * self.hop, self.window * self.hop)                # (1, T · hop)
+        return codes, melody
+
+
 # ---- the LM stage's codes on disk: one memory-mapped array per split --------------------------------
 def codes_array(folder, split, shape=None):
     """`folder/{split}.npy`: int16 codes (K, total frames), clip after clip, memory-mapped (read from disk

@@ -8,7 +8,8 @@ first steps train the autoencoder alone, then k-means initialises every codebook
 Under torchrun every process draws the same global batch plan and trains on its slice (ddp.py); the
 RVQ keeps its codebooks equal across processes by itself (rvq.py); rank 0 alone logs, evaluates, saves.
 
-Reads top to bottom like nanoGPT's train.py: setup, data, model, optimizer, schedule, eval, loop.
+Reads top to bottom like nanoGPT's train.py: `train_codec` first (setup, data, model, optimizer, the
+schedule, the loop, no closure around it), then what it calls; the crop plans are data.py's.
 Shape letters: B batch, N samples, K codebooks, T frames, D latent dimension.
 Data flow: dataset files → crops read from disk (B, 1, N) → codec → codec.pt and codec_samples/*.wav.
 """
@@ -28,14 +29,6 @@ from metrics import codec_metrics
 from rvq import perplexity
 from spectral_codec import build_codec
 from train_lm import cosine_lr
-
-
-def crop_plan(paths, lengths, batch, crop, generator):
-    """A global batch of random crops: `batch` items (path, start, crop) over the clips `paths` with
-    `lengths` samples (crops past a clip's end are zero-padded when read)."""
-    ids = torch.randint(0, len(paths), (batch,), generator=generator)
-    return [(paths[i], int(torch.randint(0, max(1, lengths[i] - crop + 1), (1,), generator=generator)), crop)
-            for i in ids.tolist()]
 
 
 def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu", resume=False,
@@ -85,15 +78,6 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     step = 0
     warmup_steps = round(preset.codec_quantizer_warmup * max_steps)
 
-    def init_codebooks():
-        """k-means initialisation of every codebook on 64 one-second crops (3200 vectors at 50 Hz): a
-        training batch of short crops has fewer vectors than a codebook has entries. Every rank reads the
-        same crops and computes the same codebooks."""
-        plan = crop_plan(train_paths, lengths, 64, cfg.hop_length * round(cfg.frame_rate),
-                         ddp.step_generator(seed, warmup_steps, stream=1))
-        with torch.no_grad():
-            z = codec.encoder(torch.stack([windows[item] for item in plan]).to(device))  # (64, 1, N) -> (64, D, T)
-        codec.quantizer.init_codebooks(z, vectors_per_batch=preset.codec_batch * crop // cfg.hop_length)
     if ckpt is not None:  # weights (incl. the EMA codebooks) and optimizers; step s's batch depends on s alone
         codec.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -106,16 +90,9 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     model = ddp.wrap(codec, rank)
     disc_model = ddp.wrap(DiscriminatorStep(disc), rank) if disc is not None else None
 
-    def save(step):
-        if not rank.main:
-            return
-        extra = dict(optimizer=optimizer.state_dict())
-        if disc is not None:
-            extra.update(discriminator=disc.state_dict(), disc_optimizer=disc_optimizer.state_dict())
-        codec.save(ckpt_path, step=step, **extra)
-
     # ---- the batches: step s reads the slice of the global plan drawn from (seed, s) ----
-    plans = (ddp.shard(crop_plan(train_paths, lengths, preset.codec_batch, crop, ddp.step_generator(seed, s)), rank)
+    plans = (ddp.shard(data.crop_plan(train_paths, lengths, preset.codec_batch, crop, ddp.step_generator(seed, s)),
+                       rank)
              for s in range(step, max_steps))
     batches = iter(data.plan_loader(windows, plans, workers))
 
@@ -137,7 +114,10 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                 group["lr"] = lr
             ddp.seed_step(seed, step)  # the same on every rank: the RVQ's draws must agree
             if step == warmup_steps:
-                init_codebooks()  # the end of the quantizer warm-up (or step 0 without one)
+                # The end of the quantizer warm-up (or step 0 without one): k-means on 64 one-second crops.
+                plan = data.crop_plan(train_paths, lengths, 64, cfg.hop_length * round(cfg.frame_rate),
+                                      ddp.step_generator(seed, warmup_steps, stream=1))
+                init_codebooks(codec, [windows[item] for item in plan], preset.codec_batch * crop // cfg.hop_length)
             share = next(batches).to(device)  # (B / ranks, 1, crop)
             quantize = step >= warmup_steps
             pieces = ddp.micro_batches(share, micro_batch)
@@ -188,14 +168,14 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                            f"(1..K codebooks: {' / '.join(f'{m:.3f}' for m in valid['mel_distance_per_n_q'])}), "
                            f"SI-SNR {valid['si_snr_db']:.1f} dB, chroma cosine {valid['chroma_cosine']:.2f}, perplexity "
                            f"{' / '.join(f'{p:.0f}' for p in valid['perplexity'])} of {cfg.codebook_size}")
-                save(step)
+                save(codec, ckpt_path, step, rank, optimizer, disc, disc_optimizer)
     except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
         if rank.main:
             tqdm.write(f"stopped: saving the codec at step {step} to {ckpt_path} (continue with --resume)")
-        save(step)
+        save(codec, ckpt_path, step, rank, optimizer, disc, disc_optimizer)
         raise
     bar.close()
-    save(step)
+    save(codec, ckpt_path, step, rank, optimizer, disc, disc_optimizer)
     seconds = time.time() - started
     if not rank.main:
         return dict(steps=step, seconds=seconds, losses=losses)
@@ -220,3 +200,23 @@ class DiscriminatorStep(torch.nn.Module):
 
     def forward(self, wav, recon):
         return discriminator_hinge_loss(self.disc(wav), self.disc(recon))
+
+
+def init_codebooks(codec, crops, vectors_per_batch):
+    """k-means initialisation of every codebook on the encoder's latents of `crops` (each (1, N)): 64
+    one-second crops give 3200 vectors at 50 Hz, where a training batch of short crops has fewer vectors
+    than a codebook has entries. Every rank reads the same crops and computes the same codebooks."""
+    device = next(codec.parameters()).device
+    with torch.no_grad():
+        z = codec.encoder(torch.stack(crops).to(device))  # (64, 1, N) -> (64, D, T)
+    codec.quantizer.init_codebooks(z, vectors_per_batch=vectors_per_batch)
+
+
+def save(codec, path, step, rank, optimizer, disc=None, disc_optimizer=None):
+    """The checkpoint of the codec stage (rank 0 alone): weights, EMA codebooks, the optimizers' states."""
+    if not rank.main:
+        return
+    extra = dict(optimizer=optimizer.state_dict())
+    if disc is not None:
+        extra.update(discriminator=disc.state_dict(), disc_optimizer=disc_optimizer.state_dict())
+    codec.save(path, step=step, **extra)

@@ -7,7 +7,8 @@ encoded, the chroma extracted, condition dropout for guidance), and minimises th
 (lm.py) with AdamW, a warm-up + cosine learning rate and gradient clipping at 1, as the paper does.
 Under torchrun every process draws the same global batch plan and trains on its slice (ddp.py).
 
-Reads top to bottom like nanoGPT's train.py: setup, data, model, optimizer, eval, loop.
+Reads top to bottom like nanoGPT's train.py: `train_lm` first (setup, data, model, optimizer, the loop,
+no closure around it), then what it calls; the windows and batch plans are data.py's.
 Shape letters: B batch, K codebooks, T frames, N samples, F chroma frames, L text tokens, D width.
 Data flow: codec.pt + dataset files → codes/*.npy on disk → windows → LMModel → lm.pt (train.py runs it).
 """
@@ -32,6 +33,191 @@ from lm import LMConfig, LMModel, save_lm
 from spectral_codec import load_codec
 
 
+def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0, device="cpu",
+             resume=False, eval_every=250, codes_dir=None, rank=ddp.Rank(), micro_batch=0, workers=0,
+             n_valid=256, compile=False):
+    """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
+    `codes_dir` (default out_dir/codes) holds the encoded dataset; several runs on one codec can share
+    it (the pattern ablation trains six LMs on the same codes). `rank`, `micro_batch`, `workers`: as
+    train_codec's; `compile`: torch.compile the LM (opt-in; for GPUs).
+
+    Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps (rank 0).
+    """
+    # ---- setup ----
+    torch.manual_seed(seed)
+    device = rank.device if rank.world > 1 else torch.device(device)
+    out = Path(out_dir)
+    max_steps = preset.lm_steps if max_steps is None else max_steps
+    codec, _ = load_codec(out / "codec.pt")
+    codec = codec.to(device).eval()
+    resume_path = out / "lm.pt"
+    log = print if rank.main else (lambda *a, **k: None)
+
+    # ---- data: every clip encoded once by the frozen codec (§4.1), the codes kept on disk ----
+    entries = data.load_manifest(data_dir)
+    folder = Path(codes_dir) if codes_dir is not None else out / "codes"
+    index = encode_dataset(codec, data_dir, entries, folder, rank)
+    cfg = lm_config_for(codec, preset.lm, pattern=pattern)
+    window = cfg.window_frames
+    splits = {}
+    for split in ("train", "heldout"):
+        ids, offsets = index[split]["entries"], index[split]["offsets"]
+        frames = np.diff(offsets).tolist()
+        melody = [entries[i]["attributes"].get("melody_path", entries[i]["path"]) for i in ids]
+        splits[split] = dict(frames=frames, descriptions=[entries[i]["description"] for i in ids],
+                             pool=torch.tensor([j for j, f in enumerate(frames) if f >= window], dtype=torch.long),
+                             windows=data.CodeWindows(folder, split, data_dir, melody, codec.sample_rate,
+                                                 codec.hop_length, window))
+    short = sum(len(s["frames"]) - len(s["pool"]) for s in splits.values())
+    if short:
+        log(f"note: {short} clips shorter than the {cfg.window_seconds} s window are skipped")
+    train, valid_split, valid_name = splits["train"], splits["heldout"], "held-out"
+    if len(train["pool"]) == 0:
+        raise SystemExit(f"error: no training clip in {data_dir} is at least {cfg.window_seconds} s long")
+    if len(valid_split["pool"]) == 0:  # a small user folder: say so rather than call training clips held-out
+        valid_split, valid_name = train, "training (no held-out clips)"
+    valid_pool = valid_split["pool"][:n_valid if valid_split is not train else preset.lm_batch]
+    # Resuming restores the weights, the optimizer moments and the vocabulary; step s's batch and
+    # dropout draws depend on (seed, s) alone, so the next step's loss equals the uninterrupted run's.
+    ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume and resume_path.exists() else None
+    if ckpt is not None:
+        tokenizer, cfg = Tokenizer(ckpt["vocab"]), LMConfig(**ckpt["config"])
+    else:
+        tokenizer = Tokenizer.build([train["descriptions"][j] for j in train["pool"].tolist()])
+        cfg = replace(cfg, text_vocab_size=len(tokenizer.vocab))
+    # CFG dropout (null condition for all) and melody attribute dropout, §2.4 / §3.
+    condition_dropout = ConditionDropout(cfg.cfg_dropout, cfg.melody_dropout)
+
+    # ---- model ----
+    lm = LMModel(cfg).to(device)
+    n_params = sum(p.numel() for p in lm.parameters())
+    log(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
+        f"vocabulary {len(tokenizer.vocab)} words, {len(train['pool'])} train / {len(valid_pool)} {valid_name} "
+        f"clips, {rank.world} process(es)")
+
+    # ---- optimizer: AdamW as the paper (lm_optimizer) ----
+    optimizer = lm_optimizer(lm, preset.lm_lr)
+    step = 0
+    if ckpt is not None:
+        if "heads.weight" in ckpt["model"]:
+            raise SystemExit(f"error: {resume_path} was written by an older lm.py (stacked tables and heads): "
+                             "generate.py and evaluate.py read it, a resume needs a new LM run")
+        lm.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        log(f"resumed the LM from {resume_path} at step {step}")
+    # On a GPU the LM runs in bfloat16 autocast (matrix products in bf16, the softmax and the loss in
+    # float32 by autocast's own rules); on a CPU in float32.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    objective = Objective(lm)
+    model = ddp.wrap(torch.compile(objective) if compile else objective, rank, find_unused=True)
+
+    # ---- the batches: step s reads the slice of the global plan drawn from (seed, s) ----
+    plans = (data.window_plan(train["frames"], train["pool"], preset.lm_batch, window, ddp.step_generator(seed, s))
+             for s in range(step, max_steps))
+    batches = iter(data.plan_loader(train["windows"], (ddp.shard(plan, rank) for plan in plans), workers))
+
+    # ---- loop ----
+    lm.train()
+    bar = tqdm(total=max_steps, initial=step, desc="lm", dynamic_ncols=True, disable=not rank.main)
+    tokens_seen, started = 0, time.time()
+    valid, losses = None, []
+    try:
+        while step < max_steps:
+            # lr schedule: warmup + cosine (paper §4.1)
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, max_steps, preset.lm_warmup, preset.lm_lr)
+            ddp.seed_step(seed, step, rank.index)  # model dropout: rank 0 draws as one process would
+            # The whole global batch's conditions and dropout draws, then this rank's slice of them.
+            generator = ddp.step_generator(seed, step, stream=1)
+            plan = data.window_plan(train["frames"], train["pool"], preset.lm_batch, window,
+                                    ddp.step_generator(seed, step))  # the plan the loader reads for this step
+            descriptions = word_dropout([train["descriptions"][i] for i, _ in plan], cfg.word_dropout, generator)
+            null, drop_melody = condition_dropout.draw(len(descriptions), generator)
+            descriptions, null, drop_melody = (ddp.shard(x, rank) for x in (descriptions, null, drop_melody))
+            batch_codes, melody = next(batches)  # (B / ranks, K, T), (B / ranks, 1, T · hop)
+            pieces = ddp.micro_batches(list(range(len(descriptions))), micro_batch)
+            loss_sum, per_codebook_sum = 0.0, 0.0
+            for j, piece in enumerate(pieces):
+                # Gradients add up over the micro-batches; DDP averages them over the ranks on the last one.
+                sync = ddp.sync_gradients(model, last=j == len(pieces) - 1)
+                ids, mask, chroma = batch_conditions(lm, tokenizer, [descriptions[i] for i in piece], melody[piece],
+                                                     condition_dropout, (null[piece], drop_melody[piece]))
+                with sync, autocast:
+                    loss, per_codebook = model(batch_codes[piece].to(device), ids, mask, chroma)
+                    (loss * len(piece) / len(descriptions)).backward()
+                loss_sum = loss_sum + loss.detach().float() * len(piece) / len(descriptions)
+                per_codebook_sum = per_codebook_sum + per_codebook.float() * len(piece) / len(descriptions)
+            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)  # paper: gradient clipping at 1
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss, per_codebook = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(per_codebook_sum, rank)
+            tokens_seen += batch_codes.numel() * rank.world
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", per_k="/".join(f"{x:.2f}" for x in per_codebook.tolist()),
+                            tok_s=f"{tokens_seen / (time.time() - started):.0f}")
+            if rank.main and (step % eval_every == 0 or step == max_steps):
+                valid = evaluate(objective, tokenizer, valid_split, valid_pool, window, preset.lm_batch, autocast)
+                # Plain cross-entropies on both sides (the objective also weighs the first frames, see
+                # LMModel.compute_loss), so that train and held-out losses can be compared.
+                tqdm.write(f"step {step}: train loss {per_codebook.mean():.3f} (objective {loss.item():.3f}), "
+                           f"{valid_name.split()[0]} loss {valid.mean():.3f} "
+                           f"per codebook {[round(x, 3) for x in valid.tolist()]} "
+                           f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
+                save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)  # rank 0 alone saves
+    except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
+        if rank.main:
+            tqdm.write(f"stopped: saving the LM at step {step} to {resume_path} (continue with --resume)")
+            save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)
+        raise
+    bar.close()
+    if rank.main:
+        save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)
+    seconds = time.time() - started
+    if not rank.main:
+        return dict(steps=step, seconds=seconds, losses=losses)
+    if valid is None:
+        valid = evaluate(objective, tokenizer, valid_split, valid_pool, window, preset.lm_batch, autocast)
+    return dict(valid_loss_per_codebook=valid.tolist(), valid_loss=float(valid.mean()), steps=step,
+                seconds=seconds, losses=losses, tokens_per_second=tokens_seen / max(seconds, 1e-9))
+
+
+def batch_conditions(lm, tokenizer, descriptions, melody, condition_dropout=None, dropped=None):
+    """Descriptions + melody audio → token ids (B, L), mask (B, L), chroma (B, F, 12) on the LM's device;
+    with `dropped` (this rank's slice of the condition-dropout draws) the dropped conditions are nulled."""
+    device = lm.null_chroma.device
+    chroma = lm.chroma(melody.to(device))  # (B, 1, N) -> (B, F, 12)
+    if dropped is not None:
+        descriptions, chroma = condition_dropout(descriptions, chroma, null_chroma=lm.null_chroma, dropped=dropped)
+    ids, mask = tokenizer.encode(descriptions)
+    return ids.to(device), mask.to(device), chroma
+
+
+@torch.no_grad()
+def evaluate(objective, tokenizer, split, pool, window, batch_size, autocast=nullcontext()):
+    """Held-out loss per codebook (the paper reports NLL / perplexity in Table 3), rank 0: one window
+    per clip of `pool`, the same windows at every evaluation (a generator of their own). -> (K,), CPU."""
+    lm = objective.lm
+    lm.eval()
+    generator = torch.Generator().manual_seed(1234)
+    plan = [(i, int(torch.randint(0, split["frames"][i] - window + 1, (1,), generator=generator)))
+            for i in pool.tolist()]
+    total, count = torch.zeros(lm.cfg.n_q), 0
+    for start in range(0, len(plan), batch_size):
+        items = plan[start:start + batch_size]
+        batch_codes, melody = (torch.stack(x) for x in zip(*(split["windows"][item] for item in items)))
+        ids, mask, chroma = batch_conditions(lm, tokenizer, [split["descriptions"][i] for i, _ in items], melody)
+        with autocast:
+            _, per_codebook = objective(batch_codes.to(lm.null_chroma.device), ids, mask, chroma)
+        total += per_codebook.float().cpu() * len(items)
+        count += len(items)
+    lm.train()
+    return total / count
+
+
+# ---- what the stage calls ------------------------------------------------------------------------
 def lm_optimizer(lm, lr: float) -> torch.optim.AdamW:
     """AdamW as the paper (betas 0.9, 0.95; weight decay 0.1), the decay on matrices only: shrinking
     LayerNorm gains and biases towards 0 is not regularisation."""
@@ -104,33 +290,6 @@ def codec_device(codec):
     return next(codec.parameters()).device
 
 
-def window_plan(frames, pool, batch, window, generator):
-    """A global batch of random windows: `batch` items (clip, start frame) over the clips `pool`, whose
-    lengths in frames are `frames` (every clip in the pool is at least one window long)."""
-    picks = pool[torch.randint(0, len(pool), (batch,), generator=generator)].tolist()
-    return [(i, int(torch.randint(0, max(1, frames[i] - window + 1), (1,), generator=generator))) for i in picks]
-
-
-class CodeWindows(torch.utils.data.Dataset):
-    """Item (clip, start frame) of one split -> codes (K, T) int64 from the memory-mapped array and the
-    aligned melody audio (1, T · hop) read from disk (the clip's melody stem if it has one)."""
-
-    def __init__(self, folder, split, data_dir, melody_paths, sample_rate, hop, window):
-        self.folder, self.split, self.data_dir, self.melody_paths = folder, split, Path(data_dir), melody_paths
-        self.sample_rate, self.hop, self.window = sample_rate, hop, window
-        self.codes = None  # opened on first use, in whichever process (DataLoader worker) reads
-
-    def __getitem__(self, item):
-        i, start = item
-        if self.codes is None:
-            self.codes, self.index = data.open_codes(self.folder, self.split)
-        first = self.index["offsets"][i] + start
-        codes = torch.from_numpy(self.codes[:, first:first + self.window].astype(np.int64))  # (K, T)
-        melody = data.read_window(self.data_dir / self.melody_paths[i], self.sample_rate,
-                                  start * self.hop, self.window * self.hop)                # (1, T · hop)
-        return codes, melody
-
-
 class Objective(torch.nn.Module):
     """The LM's training loss as one module call, text encoder included, so that DDP (which syncs the
     gradients of what a wrapped module's forward computed) sees every parameter it trains."""
@@ -142,183 +301,3 @@ class Objective(torch.nn.Module):
     def forward(self, codes, ids, mask, chroma):
         text, text_mask = self.lm.encode_text(ids, mask)  # (B, L) -> (B, L, D), (B, L)
         return self.lm.compute_loss(codes, text, text_mask, chroma)
-
-
-def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0, device="cpu",
-             resume=False, eval_every=250, codes_dir=None, rank=ddp.Rank(), micro_batch=0, workers=0,
-             n_valid=256, compile=False):
-    """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
-    `codes_dir` (default out_dir/codes) holds the encoded dataset; several runs on one codec can share
-    it (the pattern ablation trains six LMs on the same codes). `rank`, `micro_batch`, `workers`: as
-    train_codec's; `compile`: torch.compile the LM (opt-in; for GPUs).
-
-    Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps (rank 0).
-    """
-    # ---- setup ----
-    torch.manual_seed(seed)
-    device = rank.device if rank.world > 1 else torch.device(device)
-    out = Path(out_dir)
-    max_steps = preset.lm_steps if max_steps is None else max_steps
-    codec, _ = load_codec(out / "codec.pt")
-    codec = codec.to(device).eval()
-    resume_path = out / "lm.pt"
-    log = print if rank.main else (lambda *a, **k: None)
-
-    # ---- data: every clip encoded once by the frozen codec (§4.1), the codes kept on disk ----
-    entries = data.load_manifest(data_dir)
-    folder = Path(codes_dir) if codes_dir is not None else out / "codes"
-    index = encode_dataset(codec, data_dir, entries, folder, rank)
-    cfg = lm_config_for(codec, preset.lm, pattern=pattern)
-    window = cfg.window_frames
-    splits = {}
-    for split in ("train", "heldout"):
-        ids, offsets = index[split]["entries"], index[split]["offsets"]
-        frames = np.diff(offsets).tolist()
-        melody = [entries[i]["attributes"].get("melody_path", entries[i]["path"]) for i in ids]
-        splits[split] = dict(frames=frames, descriptions=[entries[i]["description"] for i in ids],
-                             pool=torch.tensor([j for j, f in enumerate(frames) if f >= window], dtype=torch.long),
-                             windows=CodeWindows(folder, split, data_dir, melody, codec.sample_rate,
-                                                 codec.hop_length, window))
-    short = sum(len(s["frames"]) - len(s["pool"]) for s in splits.values())
-    if short:
-        log(f"note: {short} clips shorter than the {cfg.window_seconds} s window are skipped")
-    train, valid_split, valid_name = splits["train"], splits["heldout"], "held-out"
-    if len(train["pool"]) == 0:
-        raise SystemExit(f"error: no training clip in {data_dir} is at least {cfg.window_seconds} s long")
-    if len(valid_split["pool"]) == 0:  # a small user folder: say so rather than call training clips held-out
-        valid_split, valid_name = train, "training (no held-out clips)"
-    valid_pool = valid_split["pool"][:n_valid if valid_split is not train else preset.lm_batch]
-    # Resuming restores the weights, the optimizer moments and the vocabulary; step s's batch and
-    # dropout draws depend on (seed, s) alone, so the next step's loss equals the uninterrupted run's.
-    ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume and resume_path.exists() else None
-    if ckpt is not None:
-        tokenizer, cfg = Tokenizer(ckpt["vocab"]), LMConfig(**ckpt["config"])
-    else:
-        tokenizer = Tokenizer.build([train["descriptions"][j] for j in train["pool"].tolist()])
-        cfg = replace(cfg, text_vocab_size=len(tokenizer.vocab))
-    # CFG dropout (null condition for all) and melody attribute dropout, §2.4 / §3.
-    condition_dropout = ConditionDropout(cfg.cfg_dropout, cfg.melody_dropout)
-
-    # ---- model ----
-    lm = LMModel(cfg).to(device)
-    n_params = sum(p.numel() for p in lm.parameters())
-    log(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
-        f"vocabulary {len(tokenizer.vocab)} words, {len(train['pool'])} train / {len(valid_pool)} {valid_name} "
-        f"clips, {rank.world} process(es)")
-
-    # ---- optimizer: AdamW as the paper (lm_optimizer) ----
-    optimizer = lm_optimizer(lm, preset.lm_lr)
-    step = 0
-    if ckpt is not None:
-        if "heads.weight" in ckpt["model"]:
-            raise SystemExit(f"error: {resume_path} was written by an older lm.py (stacked tables and heads): "
-                             "generate.py and evaluate.py read it, a resume needs a new LM run")
-        lm.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        log(f"resumed the LM from {resume_path} at step {step}")
-    # On a GPU the LM runs in bfloat16 autocast (matrix products in bf16, the softmax and the loss in
-    # float32 by autocast's own rules); on a CPU in float32.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    objective = Objective(lm)
-    model = ddp.wrap(torch.compile(objective) if compile else objective, rank, find_unused=True)
-
-    def conditions(descriptions, melody, dropped=None):
-        """Descriptions + melody audio → token ids (B, L), mask (B, L), chroma (B, F, 12); with `dropped`
-        (this rank's slice of the condition-dropout draws) the dropped conditions are nulled."""
-        chroma = lm.chroma(melody.to(device))  # (B, 1, N) -> (B, F, 12)
-        if dropped is not None:
-            descriptions, chroma = condition_dropout(descriptions, chroma, null_chroma=lm.null_chroma, dropped=dropped)
-        ids, mask = tokenizer.encode(descriptions)
-        return ids.to(device), mask.to(device), chroma
-
-    # ---- eval: held-out loss per codebook (the paper reports NLL / perplexity in Table 3), rank 0 ----
-    @torch.no_grad()
-    def evaluate_lm():
-        lm.eval()
-        generator = torch.Generator().manual_seed(1234)  # one window per clip, the same at every evaluation
-        plan = [(i, int(torch.randint(0, valid_split["frames"][i] - window + 1, (1,), generator=generator)))
-                for i in valid_pool.tolist()]
-        total, count = torch.zeros(cfg.n_q), 0
-        for start in range(0, len(plan), preset.lm_batch):
-            items = plan[start:start + preset.lm_batch]
-            batch_codes, melody = (torch.stack(x) for x in zip(*(valid_split["windows"][item] for item in items)))
-            ids, mask, chroma = conditions([valid_split["descriptions"][i] for i, _ in items], melody)
-            with autocast:
-                _, per_codebook = objective(batch_codes.to(device), ids, mask, chroma)
-            total += per_codebook.float().cpu() * len(items)
-            count += len(items)
-        lm.train()
-        return total / count
-
-    def save(step):
-        if rank.main:
-            save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)
-
-    # ---- the batches: step s reads the slice of the global plan drawn from (seed, s) ----
-    def plan(s):
-        return window_plan(train["frames"], train["pool"], preset.lm_batch, window, ddp.step_generator(seed, s))
-    batches = iter(data.plan_loader(train["windows"], (ddp.shard(plan(s), rank) for s in range(step, max_steps)),
-                                    workers))
-
-    # ---- loop ----
-    lm.train()
-    bar = tqdm(total=max_steps, initial=step, desc="lm", dynamic_ncols=True, disable=not rank.main)
-    tokens_seen, started = 0, time.time()
-    valid, losses = None, []
-    try:
-        while step < max_steps:
-            # lr schedule: warmup + cosine (paper §4.1)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, max_steps, preset.lm_warmup, preset.lm_lr)
-            ddp.seed_step(seed, step, rank.index)  # model dropout: rank 0 draws as one process would
-            # The whole global batch's conditions and dropout draws, then this rank's slice of them.
-            generator = ddp.step_generator(seed, step, stream=1)
-            descriptions = word_dropout([train["descriptions"][i] for i, _ in plan(step)], cfg.word_dropout, generator)
-            null, drop_melody = condition_dropout.draw(len(descriptions), generator)
-            descriptions, null, drop_melody = (ddp.shard(x, rank) for x in (descriptions, null, drop_melody))
-            batch_codes, melody = next(batches)  # (B / ranks, K, T), (B / ranks, 1, T · hop)
-            pieces = ddp.micro_batches(list(range(len(descriptions))), micro_batch)
-            loss_sum, per_codebook_sum = 0.0, 0.0
-            for j, piece in enumerate(pieces):
-                # Gradients add up over the micro-batches; DDP averages them over the ranks on the last one.
-                sync = ddp.sync_gradients(model, last=j == len(pieces) - 1)
-                ids, mask, chroma = conditions([descriptions[i] for i in piece], melody[piece],
-                                               dropped=(null[piece], drop_melody[piece]))
-                with sync, autocast:
-                    loss, per_codebook = model(batch_codes[piece].to(device), ids, mask, chroma)
-                    (loss * len(piece) / len(descriptions)).backward()
-                loss_sum = loss_sum + loss.detach().float() * len(piece) / len(descriptions)
-                per_codebook_sum = per_codebook_sum + per_codebook.float() * len(piece) / len(descriptions)
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)  # paper: gradient clipping at 1
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss, per_codebook = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(per_codebook_sum, rank)
-            tokens_seen += batch_codes.numel() * rank.world
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", per_k="/".join(f"{x:.2f}" for x in per_codebook.tolist()),
-                            tok_s=f"{tokens_seen / (time.time() - started):.0f}")
-            if rank.main and (step % eval_every == 0 or step == max_steps):
-                valid = evaluate_lm()
-                # Plain cross-entropies on both sides (the objective also weighs the first frames, see
-                # LMModel.compute_loss), so that train and held-out losses can be compared.
-                tqdm.write(f"step {step}: train loss {per_codebook.mean():.3f} (objective {loss.item():.3f}), "
-                           f"{valid_name.split()[0]} loss {valid.mean():.3f} "
-                           f"per codebook {[round(x, 3) for x in valid.tolist()]} "
-                           f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
-                save(step)
-    except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
-        if rank.main:
-            tqdm.write(f"stopped: saving the LM at step {step} to {resume_path} (continue with --resume)")
-        save(step)
-        raise
-    bar.close()
-    save(step)
-    seconds = time.time() - started
-    if not rank.main:
-        return dict(steps=step, seconds=seconds, losses=losses)
-    valid = evaluate_lm() if valid is None else valid
-    return dict(valid_loss_per_codebook=valid.tolist(), valid_loss=float(valid.mean()), steps=step,
-                seconds=seconds, losses=losses, tokens_per_second=tokens_seen / max(seconds, 1e-9))

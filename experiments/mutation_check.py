@@ -43,7 +43,7 @@ MUTANTS = [
      "chroma = self._melody_chroma(melody, 0)"),
     ("melody-index-frame-rate", "lm.py", "index = (seconds * self.chroma.frame_rate)",
      "index = (seconds * self.cfg.frame_rate)"),
-    ("melody-crop-ignores-start", "train_lm.py", "start * self.hop, self.window * self.hop)",
+    ("melody-crop-ignores-start", "data.py", "start * self.hop, self.window * self.hop)",
      "0, self.window * self.hop)"),
     # where the conditions enter (§2.4): the prefix, the per-step melody, the fill, the null melody
     ("prefix-fed-again", "lm.py", "if fresh and prefix is not None:", "if prefix is not None:"),

@@ -20,7 +20,8 @@ from rvq import VectorQuantizer
 from sampling import generate_codes, sample_next_tokens
 from spectral_codec import build_codec
 from train import TINY_CODEC
-from train_lm import CodeWindows, cosine_lr, window_plan
+from data import CodeWindows, window_plan
+from train_lm import cosine_lr
 
 CARD = 16
 
