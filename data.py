@@ -255,7 +255,7 @@ class CodeWindows(torch.utils.data.Dataset):
         first = self.index["offsets"][i] + start
         codes = torch.from_numpy(self.codes[:, first:first + self.window].astype(np.int64))  # (K, T)
         melody = read_window(self.data_dir / self.melody_paths[i], self.sample_rate,
-                                  start * self.hop, self.window * self.hop)                # (1, T · hop)
+                             start * self.hop, self.window * self.hop)                # (1, T · hop)
         return codes, melody
 
 

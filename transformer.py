@@ -147,10 +147,10 @@ class Linear(nn.Linear):
     A decoding step multiplies a few rows (2 with guidance) by every weight. At the real size its time is
     the time to read W; written as (W·xᵀ)ᵀ, the same products and sums read W in another order, and which
     order streams faster depends on the CPU and the dtype (an AVX2 CPU prefers (W·xᵀ)ᵀ in float32, an
-    AVX-512 one x·Wᵀ in float32 and (W·xᵀ)ᵀ in bfloat16). At the tiny size the time is the call's fixed cost, which
-    depends on the library torch hands the product to (oneDNN or its own kernels). So for at most 4 rows
-    on a CPU, autotune.py times the forms once per shape and dtype on this machine and keeps the fastest;
-    training (and GPUs) take nn.Linear's path."""
+    AVX-512 one x·Wᵀ in float32 and (W·xᵀ)ᵀ in bfloat16). At the tiny size the time is the call's fixed
+    cost, which depends on the library torch hands the product to (oneDNN or its own kernels). So for
+    at most 4 rows on a CPU, autotune.py times the forms once per shape and dtype on this machine and
+    keeps the fastest; training (and GPUs) take nn.Linear's path."""
 
     def forward(self, x):
         return linear(x, self.weight, self.bias)

@@ -217,22 +217,12 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_checkpoint_valid(t
     assert path.read_bytes() == before and lm_module.load_lm(path)[2]["step"] == 3
 
 
-def test_a_fuzzed_manifest_gives_problems_never_an_exception(tmp_path):
+def test_a_fuzzed_manifest_gives_problems_never_an_exception(tmp_path, fuzz_cases):
     """Seeded fuzz of the manifest reader: random bytes (not UTF-8 either), truncated and mutated lines
     of a valid manifest, deep nesting. check_dataset returns problems; load_manifest raises ValueError."""
-    import random
-    rng = random.Random(0)
     folder = tmp_path / "fuzz"
     toy.make_toy_dataset(folder, n=3, seed=0)
-    valid = (folder / "manifest.jsonl").read_bytes()
-    cases = [bytes(rng.randrange(256) for _ in range(rng.randrange(200))) for _ in range(60)]
-    cases += [valid[:rng.randrange(len(valid))] for _ in range(60)]
-    for _ in range(80):
-        mutated = bytearray(valid)
-        for _ in range(rng.randrange(1, 8)):
-            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-        cases.append(bytes(mutated))
-    cases.append(b"[" * 100_000 + b"]" * 100_000)
+    cases = fuzz_cases((folder / "manifest.jsonl").read_bytes(), n=80, max_flips=7, max_random=200)
     for i, case in enumerate(cases):
         (folder / "manifest.jsonl").write_bytes(case)
         good, problems = data.check_dataset(folder)

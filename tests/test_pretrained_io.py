@@ -169,24 +169,15 @@ def test_broken_folders_raise_one_clear_error(tmp_path):
         read_state_dict(tmp_path)
 
 
-def test_fuzzed_safetensors_files_give_one_clear_error_never_another_exception(tmp_path):
+def test_fuzzed_safetensors_files_give_one_clear_error_never_another_exception(tmp_path, fuzz_cases):
     """Seeded fuzz of the header reader: random bytes, a valid file truncated anywhere or with bytes
     flipped, headers claiming huge lengths, shapes and offsets, and deep nesting. Each read returns
     tensors or raises PretrainedError: no other exception, and no allocation beyond the file's size
     (a claimed size past the file is refused before anything is allocated)."""
-    import random
-    rng = random.Random(0)
     valid_path = tmp_path / "valid.safetensors"
     write_safetensors(valid_path, {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
                                    "b": {"dtype": "I64", "shape": [2], "data_offsets": [24, 40]}}, bytes(range(40)))
-    valid = valid_path.read_bytes()
-    cases = [bytes(rng.randrange(256) for _ in range(rng.randrange(64))) for _ in range(100)]
-    cases += [valid[:rng.randrange(len(valid))] for _ in range(100)]
-    for _ in range(200):
-        flipped = bytearray(valid)
-        for _ in range(rng.randrange(1, 6)):
-            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
-        cases.append(bytes(flipped))
+    cases = fuzz_cases(valid_path.read_bytes(), n=200, max_flips=5, max_random=64)
     huge = 2 ** 62
     for header in ({"w": {"dtype": "F32", "shape": [huge, huge], "data_offsets": [0, huge]}},
                    {"w": {"dtype": "F32", "shape": [huge], "data_offsets": [0, 4 * huge]}},
@@ -195,7 +186,7 @@ def test_fuzzed_safetensors_files_give_one_clear_error_never_another_exception(t
         text = json.dumps(header).encode()
         cases.append(len(text).to_bytes(8, "little") + text + bytes(16))
     cases.append(huge.to_bytes(8, "little") + b"{}")  # a header length of 2^62 bytes
-    nested = b"[" * 100_000 + b"]" * 100_000
+    nested = b"[" * 100_000 + b"]" * 100_000  # as a header: the length prefix, then the nesting
     cases.append(len(nested).to_bytes(8, "little") + nested)
     path = tmp_path / "fuzz.safetensors"
     for i, case in enumerate(cases):
