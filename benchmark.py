@@ -39,9 +39,9 @@ from lm import LMConfig, LMModel
 from losses import ReconstructionLoss
 from musicgen import MusicGen
 from pretrained import models_from_hf
-from sampling import generate_codes
-from spectral_codec import build_codec
-from train_lm import lm_config_for
+from musicgen import generate_codes
+from encodec import EncodecModel
+from stages import lm_config_for
 
 # The reference (HF transformers, a test-only dependency), for --versus only; never needed to run our code.
 transformers = importlib.import_module("transformers") if importlib.util.find_spec("transformers") else None
@@ -50,7 +50,7 @@ transformers = importlib.import_module("transformers") if importlib.util.find_sp
 def untrained_model() -> MusicGen:
     """The tiny preset's codec and LM with random weights: generation speed does not depend on them."""
     preset = train.TINY
-    codec = build_codec(preset.codec)
+    codec = EncodecModel(preset.codec)
     tokenizer = Tokenizer.build(["a cheerful fast tune on a plucked guitar with drums"])
     return MusicGen(codec, LMModel(lm_config_for(codec, preset.lm, text_vocab_size=len(tokenizer.vocab))),
                     tokenizer)
@@ -78,7 +78,7 @@ def time_cache_speedup(model: MusicGen, seconds: float, rounds: int = 5):
 
 def time_training_steps(preset, n_steps: int = 10) -> dict:
     """Seconds per optimizer step of the codec and of the LM (random data of the right shapes)."""
-    codec = build_codec(preset.codec).train()
+    codec = EncodecModel(preset.codec).train()
     reconstruction_loss = ReconstructionLoss(preset.codec)
     optimizer = torch.optim.Adam(codec.parameters(), lr=1e-4)
     crop = round(preset.codec_crop_seconds * preset.codec.frame_rate) * preset.codec.hop_length

@@ -11,7 +11,7 @@ window at a time, so a manifest of any size costs memory for its entries only. T
 live on disk (`codes_array` / `open_codes`): one (K, total frames) array per split, memory-mapped.
 
 Shapes: N samples; each clip is (1, N) float32 at the requested sample rate; K codebooks, T frames.
-Data flow: manifest.jsonl + audio files ─load_clips / read_window─▶ train_codec.py, train_lm.py, evaluate.py.
+Data flow: manifest.jsonl + audio files ─load_clips / read_window─▶ stages.py, evaluate.py.
 """
 import hashlib
 import json

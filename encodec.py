@@ -9,16 +9,18 @@ autoencoder with a quantizer in the middle:
 
 with T = ceil(N / hop) and hop = prod(ratios): 640 at 32 kHz, i.e. 50 frames per second, and
 4 codebooks × 2048 entries = 4 · 11 bits · 50 Hz = 2.2 kbps. `EncodecConfig()` is that codec. Its
-training losses live in losses.py (L1, multi-scale mel) and discriminator.py (MS-STFT adversary);
-the encoder and decoder in seanet.py. They are laid out and padded as HF transformers' EncodecModel, so
-`EncodecModel.from_hf(config, state_dict)` loads the published MusicGen codec and computes its codes.
+training losses live in losses.py (L1, multi-scale mel, the MS-STFT adversary). SEANet is laid out
+and padded as HF transformers' EncodecModel, so the published MusicGen codec loads into it
+(published/pretrained.py) and computes the same codes.
 
-The tiny recipe swaps the two ends for an STFT encoder and an inverse-STFT decoder (spectral_codec.py,
-`EncodecConfig.spectral`); the RVQ, the frame rate and everything downstream stay the same.
+This file, in reading order: the config; SEANet's blocks, encoder and decoder (the paper's); the
+tiny recipe's STFT encoder and inverse-STFT decoder (`EncodecConfig.spectral`, ours); the codec that
+puts an encoder, the RVQ and a decoder together; saving and loading it.
 
-Shape letters (DESIGN.md): B batch, C channels, N samples, K codebooks, T frames, D latent dimension.
-Data flow: data.py clips → train.py stage 1 trains this model → train.py stage 2 encodes the dataset
-once into codes for the LM → musicgen.py decodes generated codes back to audio.
+Shape letters (DESIGN.md): B batch, C channels, L steps of a layer, N samples, K codebooks,
+T frames, D latent dimension, S = 2T STFT frames.
+Data flow: data.py clips → stage 1 (stages.py) trains this model → stage 2 (stages.py)
+encodes the dataset once into codes for the LM → musicgen.py decodes generated codes back to audio.
 """
 import functools
 import math
@@ -28,10 +30,9 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.parametrizations import weight_norm
 
 from rvq import ResidualVectorQuantizer
-# SEANet (the paper's encoder and decoder) and its blocks; activation and LSTMSkip are also the spectral codec's.
-from seanet import LSTMSkip, SEANetDecoder, SEANetEncoder, activation, conv1d
 
 
 @dataclass
@@ -44,7 +45,7 @@ class EncodecConfig:
     dimension: int = 128               # latent dimension D
     n_residual_layers: int = 1         # residual blocks per resolution
     lstm_layers: int = 2               # LSTM after the encoder and before the decoder
-    # SEANet's layout (seanet.py), under the names of HF's EncodecConfig:
+    # SEANet's layout (encodec.py), under the names of HF's EncodecConfig:
     kernel_size: int = 7               # first conv of the encoder and of the decoder
     last_kernel_size: int = 7          # last conv of the encoder and of the decoder
     residual_kernel_size: int = 3      # first conv of a residual block
@@ -53,7 +54,7 @@ class EncodecConfig:
     use_conv_shortcut: bool = False    # 1x1 conv instead of the identity on a residual skip (EnCodec: true_skip)
     pad_mode: str = "reflect"          # what SEANet's convs pad with: "reflect", "replicate" or "constant" (zeros)
     snake: bool = False                # Snake activations instead of ELU (ours; see Snake)
-    spectral: bool = False             # STFT encoder + inverse-STFT decoder (ours; spectral_codec.py)
+    spectral: bool = False             # STFT encoder + inverse-STFT decoder (ours; the STFT pair below)
     n_q: int = 4                       # codebooks K
     codebook_size: int = 2048          # entries per codebook
     ema_decay: float = 0.99            # codebook EMA (rvq.py)
@@ -68,7 +69,7 @@ class EncodecConfig:
     frequency_weight: float = 0.0      # instantaneous frequency (ours; losses.InstantaneousFrequencyLoss)
     commitment_weight: float = 1.0     # RVQ commitment
     mel_scales: tuple = (32, 64, 128, 256, 512, 1024, 2048)  # FFT sizes of the multi-scale mel loss
-    adversarial: bool = True           # MS-STFT discriminator on/off (discriminator.py)
+    adversarial: bool = True           # MS-STFT discriminator on/off (losses.py, part 2)
     adversarial_weight: float = 4.0
     feature_weight: float = 4.0        # feature matching
     disc_filters: int = 32
@@ -82,7 +83,7 @@ class EncodecConfig:
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
-    # The spectral codec's STFT grid (spectral_codec.py; also the instantaneous-frequency loss's).
+    # The spectral codec's STFT grid (its encoder and decoder below; also the instantaneous-frequency loss's).
     @property
     def stft_frames_per_latent(self) -> int:
         """STFT frames per latent frame (stacked by the encoder, unstacked by the decoder)."""
@@ -97,37 +98,218 @@ class EncodecConfig:
         """A Hann window of 4 hops (75% overlap, so overlap-add reconstructs exactly)."""
         return 4 * self.stft_hop
 
-    @classmethod
-    def from_hf(cls, config: dict) -> "EncodecConfig":
-        """From HF's EncodecConfig as a dict (config.json["audio_encoder"] of a MusicGen folder). A field
-        it lacks means HF's default (HF_DEFAULTS); a value we cannot reproduce raises ValueError naming it.
-        n_q is every codebook the model has (HF's encode defaults to its lowest target bandwidth; the
-        MusicGen codecs list only one)."""
-        c = {**HF_DEFAULTS, **config}
-        for field, allowed in {**HF_SUPPORTED, "codebook_dim": (None, c["hidden_size"])}.items():
-            if c[field] not in allowed:
-                raise ValueError(f"EnCodec config: {field}={c[field]!r} is not supported "
-                                 f"(only {' or '.join(map(repr, allowed))})")
-        ratios = tuple(c["upsampling_ratios"])
-        # HF derives the number of codebooks from the highest bitrate: K = ⌊kbps·1000 / (⌈frame rate⌉·bits)⌋.
-        bits_per_second = math.ceil(c["sampling_rate"] / math.prod(ratios)) * math.ceil(math.log2(c["codebook_size"]))
-        n_q = int(1000 * c["target_bandwidths"][-1] // bits_per_second)
-        if n_q < 1:
-            raise ValueError(f"EnCodec config: target_bandwidths={c['target_bandwidths']} gives no codebook")
-        return cls(sample_rate=c["sampling_rate"], n_filters=c["num_filters"], ratios=ratios, dimension=c["hidden_size"],
-                   n_residual_layers=c["num_residual_layers"], lstm_layers=c["num_lstm_layers"], n_q=n_q,
-                   codebook_size=c["codebook_size"], kernel_size=c["kernel_size"], last_kernel_size=c["last_kernel_size"],
-                   residual_kernel_size=c["residual_kernel_size"], dilation_growth_rate=c["dilation_growth_rate"],
-                   compress=c["compress"], use_conv_shortcut=bool(c["use_conv_shortcut"]), pad_mode=c["pad_mode"])
+
+# ==== SEANet: the paper's encoder and decoder =======================================================================
+# SEANet: EnCodec's convolutional encoder and decoder (§2.1), padded exactly as EnCodec pads.
+#
+# The paper's codec (encodec.py) wraps the residual vector quantizer in these two networks:
+#
+#     wav (B, 1, N) ──conv k7 ─▶ [residual block, ELU, strided conv ×2 channels] per ratio 4, 4, 5, 8
+#                   ──LSTM + skip, ELU, conv k7──▶ z (B, D, T),  T = ⌈N / hop⌉, hop = 4·4·5·8 = 640
+#     z (B, D, T) ──conv k7, LSTM + skip──▶ [ELU, transposed conv ÷2 channels, residual block] per ratio
+#                   8, 5, 4, 4 ──ELU, conv k7──▶ ŵav (B, 1, T·hop)
+#
+# Every conv pads its own input (PaddedConv1d): half of the kernel's reach on each side, reflecting the
+# signal, plus what completes the last stride; every transposed conv trims its overhang the same way
+# (TrimmedConvTranspose1d). This is EnCodec's non-causal layout, so with the same weights these modules
+# compute what the published MusicGen codec computes (pretrained.encodec_from_hf, tests/test_encodec_hf.py),
+# for any input length. The spectral codec below borrows
+# activation, conv1d and LSTMSkip.
 
 
-# ==== Blocks of the spectral codec (spectral_codec.py) ==================================================
+# ---- activation, weight norm, LSTM (the spectral codec uses these too) ---------------------------------
+class Snake(nn.Module):
+    """Snake activation x + sin²(αx) / α (Ziyin et al., 2020), with a learned α.
+
+    Deviation (ours, `EncodecConfig.snake`): EnCodec uses ELU. DAC (Kumar et al., 2023) showed that a
+    periodic activation helps a SEANet-style decoder produce pitched audio (NOTES.md, "Snake activation").
+    DAC learns one α per channel; one per layer is enough here. Shape-preserving: (B, C, L).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.zeros(()))  # α = 1 at initialisation, kept positive
+
+    def forward(self, x):
+        alpha = self.log_alpha.exp()
+        return x + torch.sin(alpha * x).pow(2) / alpha
+
+
+def activation(cfg, inplace=False) -> nn.Module:
+    """The codec's nonlinearity. `inplace`: the ELU overwrites its input, for an input nothing else reads
+    (a conv's or a residual sum's fresh output); at 32 kHz such a (B, C, N) tensor is tens of MB, and a
+    new one costs more to allocate (page faults) than the ELU itself. Snake always makes a new tensor."""
+    return Snake() if cfg.snake else nn.ELU(inplace=inplace)
+
+
+def conv1d(in_channels, out_channels, kernel_size, stride=1, dilation=1):
+    """Weight-normalised conv (EnCodec uses weight norm everywhere in SEANet). Padding is done by the caller."""
+    return weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation))
+
+
+class LSTMSkip(nn.Module):
+    """LSTM over time with a skip connection: long-range context at the coarsest resolution."""
+
+    def __init__(self, dim, n_layers):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, n_layers, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.lstm(x.transpose(1, 2))  # (B, C, T) -> (B, T, C)
+        return x + y.transpose(1, 2)         # -> (B, C, T)
+
+
+# ---- EnCodec's padded convs ------------------------------------------------------------------------------
+def pad1d(x, left: int, right: int, mode: str):
+    """F.pad (B, C, L) -> (B, C, left + L + right), except that it can also reflect an input no longer
+    than the padding (EnCodec's workaround): zeros are appended first, so there is something to reflect
+    the right side from, and cut off again afterwards."""
+    if left == right == 0:
+        return x  # a 1x1 conv pads nothing: no copy
+    extra = max(left, right) - x.shape[-1] + 1 if mode == "reflect" else 0
+    if extra <= 0:
+        return F.pad(x, (left, right), mode)
+    return F.pad(F.pad(x, (0, extra)), (left, right), mode)[..., :-extra]
+
+
+class PaddedConv1d(nn.Module):
+    """SEANet's non-causal conv (EnCodec's SConv1d): (B, C, L) -> (B, C', ceil(L / s)) for stride s.
+
+    With the span of the dilated kernel k' = (k - 1)·dilation + 1 the input is padded by
+
+        p = k' - s      left: p - ⌊p/2⌋      right: ⌊p/2⌋ + (⌈L/s⌉·s - L)
+
+    i.e. the larger half on the left, plus "extra" padding on the right that completes the last stride,
+    so no sample is dropped and the conv yields (p + ⌈L/s⌉·s - k') / s + 1 = ⌈L/s⌉ outputs. Stride 1
+    keeps the length (k = 7: 3 + 3); the stride-5 conv (k = 10) pads 3 left and 2 right. The padding
+    reflects the signal (`pad_mode`) instead of adding silence, which would sound like a note stopping.
+
+    Args:
+        cfg: the codec's config (its pad_mode). in_channels, out_channels: C, C'.
+        kernel_size, stride, dilation: k, s and the dilation of the conv.
+    """
+
+    def __init__(self, cfg, in_channels, out_channels, kernel_size, stride=1, dilation=1):
+        super().__init__()
+        self.conv = conv1d(in_channels, out_channels, kernel_size, stride, dilation)
+        self.stride, self.pad_mode = stride, cfg.pad_mode
+        self.padding = (kernel_size - 1) * dilation + 1 - stride  # p
+
+    def forward(self, x):
+        B, C, L = x.shape
+        extra = math.ceil(L / self.stride) * self.stride - L
+        right = self.padding // 2
+        x = pad1d(x, self.padding - right, right + extra, self.pad_mode)  # -> (B, C, p + ⌈L/s⌉·s)
+        return self.conv(x)                                              # -> (B, C', ⌈L/s⌉)
+
+
+class TrimmedConvTranspose1d(nn.Module):
+    """SEANet's non-causal transposed conv (EnCodec's SConvTranspose1d), kernel 2r, stride r:
+    (B, C, L) -> (B, C', L·r).
+
+    A transposed conv writes (L - 1)·r + k samples, p = k - r more than L·r. They are trimmed the way
+    PaddedConv1d pads: right ⌊p/2⌋, left p - ⌊p/2⌋ (the larger half on the left).
+    """
+
+    def __init__(self, in_channels, out_channels, ratio):
+        """in_channels, out_channels: C, C'; ratio: r, the upsampling factor."""
+        super().__init__()
+        self.conv = weight_norm(nn.ConvTranspose1d(in_channels, out_channels, 2 * ratio, stride=ratio))
+        self.trim = ratio  # p = k - r = 2r - r
+
+    def forward(self, x):
+        # The same sum as self.conv(x), which torch runs as a 2-D transposed conv on (B, C, 1, L) and
+        # then converts from the channels-last layout its kernel writes; called that way directly,
+        # with a channels-last input, it is faster at 32 kHz (NOTES.md, "Decoding at the real size").
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, L) -> (B, C, 1, L)
+        y = F.conv_transpose2d(x, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
+        right = self.trim // 2
+        y = y[..., 0, self.trim - right:y.shape[-1] - right]  # (B, C', 1, L·r + p) -> (B, C', L·r)
+        return y.contiguous()  # back to row-major (B, C', L·r): the padding and residual sum after it read it faster
+
+
+class SEANetResidualBlock(nn.Module):
+    """SEANet residual unit: shortcut(x) + conv_1(act(conv_k,d(act(x)))), k = residual_kernel_size,
+    dilation d, through a bottleneck of dim // compress channels. The shortcut is the identity
+    (EnCodec's "true skip"; MusicGen's codec) or a 1x1 conv (`use_conv_shortcut`)."""
+
+    def __init__(self, cfg, dim, dilation=1):
+        super().__init__()
+        hidden = dim // cfg.compress
+        self.block = nn.Sequential(
+            activation(cfg), PaddedConv1d(cfg, dim, hidden, cfg.residual_kernel_size, dilation=dilation),
+            activation(cfg, inplace=True), PaddedConv1d(cfg, hidden, dim, 1))
+        self.shortcut = PaddedConv1d(cfg, dim, dim, 1) if cfg.use_conv_shortcut else nn.Identity()
+
+    def forward(self, x):
+        # The branch's output is a fresh tensor: the shortcut is added into it rather than into a new one.
+        return self.block(x).add_(self.shortcut(x))  # (B, C, L) -> (B, C, L)
+
+
+class SEANetEncoder(nn.Module):
+    """wav (B, 1, N) -> z (B, D, ⌈N / hop⌉). Channels double at each downsampling: n_filters · 2^i."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        layers = [PaddedConv1d(cfg, 1, cfg.n_filters, cfg.kernel_size)]
+        channels = cfg.n_filters
+        for ratio in reversed(cfg.ratios):  # encoder: small strides first (4, 4, 5, 8)
+            layers += [SEANetResidualBlock(cfg, channels, dilation=cfg.dilation_growth_rate ** j)
+                       for j in range(cfg.n_residual_layers)]
+            # (B, C, L) -> (B, 2C, ⌈L / ratio⌉)
+            layers += [activation(cfg, inplace=True),
+                       PaddedConv1d(cfg, channels, 2 * channels, 2 * ratio, stride=ratio)]
+            channels *= 2
+        layers += [LSTMSkip(channels, cfg.lstm_layers), activation(cfg, inplace=True),
+                   PaddedConv1d(cfg, channels, cfg.dimension, cfg.last_kernel_size)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, wav):
+        return self.layers(wav)
+
+
+class SEANetDecoder(nn.Module):
+    """z (B, D, T) -> wav (B, 1, T·hop): the encoder mirrored, transposed convs halve the channels."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        channels = cfg.n_filters * 2 ** len(cfg.ratios)
+        layers = [PaddedConv1d(cfg, cfg.dimension, channels, cfg.kernel_size), LSTMSkip(channels, cfg.lstm_layers)]
+        for ratio in cfg.ratios:  # decoder: large strides first (8, 5, 4, 4)
+            # (B, C, L) -> (B, C / 2, L·ratio)
+            layers += [activation(cfg, inplace=True), TrimmedConvTranspose1d(channels, channels // 2, ratio)]
+            channels //= 2
+            layers += [SEANetResidualBlock(cfg, channels, dilation=cfg.dilation_growth_rate ** j)
+                       for j in range(cfg.n_residual_layers)]
+        layers += [activation(cfg, inplace=True), PaddedConv1d(cfg, channels, 1, cfg.last_kernel_size)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.layers(z)
+
+
+# ==== The tiny recipe's ends: an STFT encoder, an inverse-STFT decoder (ours) =======================================
+# The tiny recipe's codec ends: an STFT encoder and an inverse-STFT decoder around EnCodec's RVQ.
+#
+# Deviation (ours, `EncodecConfig.spectral`, on in the tiny recipe; the paper's codec is SEANet,
+# above). A SEANet encoder must learn its own filterbank with strided convs, and a SEANet decoder
+# must learn to make a waveform with transposed convs; in a few CPU minutes ours rendered every note on
+# a multiple of the 50 Hz frame rate, so melodies were lost (NOTES.md, "Spectral codec"). Here
+#
+#     wav (B, 1, N) ──|STFT| (2 frames per latent frame)──▶ convs + LSTM ──▶ z (B, D, T)
+#     z ──RVQ──▶ ẑ ──convs + LSTM──▶ per STFT frame and bin: log magnitude, frequency offset δ
+#       ──phase = running sum of the frequency──▶ inverse STFT ──▶ ŵav (B, 1, T·hop)
+#
+# The RVQ, the 50 Hz frame rate, the codes and everything downstream are EnCodec's. The decoder
+# invents its own phase, so this codec trains without a waveform L1 and scores nothing in SI-SNR.
+
+
 class SameConv1d(nn.Module):
     """Non-causal conv whose output has ceil(L / stride) steps: zero padding split around the input.
 
     For stride 1 the total padding is (k - 1)·dilation; for the downsampling convs (k = 2r, stride r)
     it is r, so an input of length L = n·r gives exactly n outputs. (SEANet pads as EnCodec does:
-    PaddedConv1d below.)
+    PaddedConv1d above.)
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, dilation=1):
@@ -156,32 +338,107 @@ class ResidualBlock(nn.Module):
         return x + self.block(x)  # (B, C, L) -> (B, C, L); EnCodec's "true skip" (identity shortcut)
 
 
-# ==== the codec ==========================================================================================
+class STFTEncoder(nn.Module):
+    """wav (B, 1, N) -> z (B, D, T): log-magnitude STFT, 2 STFT frames stacked per latent frame, then
+    convs and an LSTM at the frame rate. SEANet learns its own filterbank with strided convs, which
+    takes far more steps than a CPU budget allows before pitch shows up in the latents; an STFT hands
+    the encoder every harmonic's frequency from step 0."""
+
+    def __init__(self, cfg: EncodecConfig):
+        super().__init__()
+        channels = cfg.n_filters * 2 ** len(cfg.ratios)
+        self.hop, self.n_fft = cfg.stft_hop, cfg.stft_n_fft
+        self.n_freqs = self.n_fft // 2 + 1
+        self.per_frame = cfg.stft_frames_per_latent  # STFT frames per latent frame (2)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.layers = nn.Sequential(
+            SameConv1d(self.per_frame * self.n_freqs, channels, 3),
+            *[ResidualBlock(cfg, channels, dilation=d) for d in (1, 3)],
+            LSTMSkip(channels, cfg.lstm_layers), activation(cfg), SameConv1d(channels, cfg.dimension, 7))
+
+    def forward(self, wav):
+        B, _, N = wav.shape
+        T = N // (self.per_frame * self.hop)
+        # Zero padding at the ends (not reflection): works for clips shorter than half a window.
+        spec = torch.stft(wav[:, 0], self.n_fft, self.hop, window=self.window, pad_mode="constant",
+                          return_complex=True).abs()[..., :T * self.per_frame]  # (B, 1, N) -> (B, n_freqs, 2T)
+        x = (torch.log(spec + 1e-4) + 4) / 4                 # log magnitude, roughly in [-1, 2]
+        x = x.view(B, self.n_freqs, T, self.per_frame).transpose(2, 3).reshape(B, self.per_frame * self.n_freqs, T)
+        return self.layers(x)                                # (B, 2·n_freqs, T) -> (B, D, T)
+
+
+class ISTFTDecoder(nn.Module):
+    """z (B, D, T) -> wav (B, 1, T·hop) through an inverse STFT (after Vocos, Siuzdenko et al., 2023).
+
+    Why not SEANet's transposed convs here: with quantized latents and a phase-blind mel loss, our
+    few-minute SEANet decoder settled on repeating one waveform per latent frame, i.e. a comb of
+    harmonics of the 50 Hz frame rate (NOTES.md, "Spectral codec"). Here every
+    STFT frame gets, per frequency bin k, a log magnitude and an instantaneous frequency f_k = (k + δ_k)·sr/n_fft,
+    δ_k ∈ (-1, 1) bins (see forward); the phase is the running sum of the frequency,
+
+        φ_k(s) = π·k + Σ_{s' ≤ s} 2π (k + δ_k(s')) · hop / n_fft,
+
+    so a held note needs the *same* output every frame (as a phase-blind loss wants) and still rings
+    at its exact pitch (GANSynth's instantaneous-frequency idea, Engel et al., 2019). π·k lines the bins
+    up as in the STFT of a sinusoid with a centred window. The phase starts at 0: the decoder does not
+    reproduce the input's phase, only its spectrum (SI-SNR is meaningless for this codec).
+    """
+
+    def __init__(self, cfg: EncodecConfig):
+        super().__init__()
+        channels = cfg.n_filters * 2 ** len(cfg.ratios)
+        self.hop, self.n_fft = cfg.stft_hop, cfg.stft_n_fft
+        self.n_freqs = self.n_fft // 2 + 1
+        self.per_frame = cfg.stft_frames_per_latent
+        self.layers = nn.Sequential(SameConv1d(cfg.dimension, channels, 7), LSTMSkip(channels, cfg.lstm_layers),
+                                    *[ResidualBlock(cfg, channels, dilation=d) for d in (1, 3)], activation(cfg))
+        # Per latent frame and STFT frame: n_freqs log magnitudes and n_freqs frequency offsets.
+        self.head = nn.Conv1d(channels, 2 * self.n_freqs * self.per_frame, 1)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("bins", torch.arange(self.n_freqs, dtype=torch.float32)[:, None], persistent=False)
+
+    def synthesize(self, log_magnitude, delta):
+        """log_magnitude, delta (B, n_freqs, S) -> wav (B, 1, S·hop): the equation above, then torch.istft."""
+        B, n_freqs, S = log_magnitude.shape
+        magnitude = torch.exp(log_magnitude.clamp(max=7.0))  # clamp: no overflow early in training
+        # forward passes δ within ±1 bin; the clamp only guards direct callers (e.g. exact offsets in tests)
+        omega = 2 * math.pi * (self.bins + delta.clamp(-2.0, 2.0)) * self.hop / self.n_fft  # radians per STFT hop
+        phase = math.pi * self.bins + torch.cumsum(omega, dim=-1)                           # (B, n_freqs, S)
+        wav = torch.istft(torch.polar(magnitude, phase), self.n_fft, self.hop, window=self.window, length=S * self.hop)
+        return wav[:, None]                                   # (B, S·hop) -> (B, 1, S·hop)
+
+    def forward(self, z):
+        B, D, T = z.shape
+        y = self.head(self.layers(z))                         # (B, D, T) -> (B, 2·n_freqs·2, T)
+        y = y.view(B, 2 * self.n_freqs, self.per_frame, T).transpose(2, 3).reshape(B, 2 * self.n_freqs, T * self.per_frame)
+        log_magnitude, raw_delta = y.chunk(2, dim=1)          # (B, n_freqs, S) each, S = 2T STFT frames
+        # δ = tanh(raw) ∈ (-1, 1) bins: smooth, so its gradient never dies, and within one bin. With
+        # hop = n_fft / 4, δ = ±2 adds ±π of phase per hop: a bin's consecutive frames overlap in
+        # antiphase and cancel, which a looser bound let the decoder use as a second volume knob,
+        # blurring held notes by a semitone (NOTES.md, "Frequency offsets within one bin"). A
+        # sinusoid's bins ±1 around its frequency carry most of its energy.
+        return self.synthesize(log_magnitude, torch.tanh(raw_delta))
+
+
+# ==== The codec: encoder, RVQ, decoder ==============================================================================
 class EncodecModel(nn.Module):
     """Encoder + RVQ + decoder, with the public names of DESIGN.md (sample_rate, frame_rate, n_q,
     codebook_size, encode, decode) and atomic save / weights-only load.
 
-    The encoder and decoder come from `build_encoder` / `build_decoder`: SEANet here, the STFT pair in
-    spectral_codec.SpectralEncodec. `spectral_codec.build_codec(cfg)` picks the class from the config."""
+    The encoder and decoder are SEANet's (the paper's), or the STFT pair above when cfg.spectral (the
+    tiny recipe's); everything between them is the same."""
 
     def __init__(self, cfg: EncodecConfig):
         super().__init__()
         assert cfg.n_filters * 2 ** len(cfg.ratios) >= 2, "too few filters"
-        if cfg.spectral and type(self).build_encoder is EncodecModel.build_encoder:
-            raise ValueError("EncodecConfig(spectral=True) is built by spectral_codec.build_codec(cfg)")
         self.cfg = cfg
-        self.encoder = self.build_encoder(cfg)
+        self.encoder = STFTEncoder(cfg) if cfg.spectral else SEANetEncoder(cfg)
         self.quantizer = ResidualVectorQuantizer(cfg.dimension, cfg.n_q, cfg.codebook_size,
                                                  cfg.quantizer_dropout, cfg.ema_decay, cfg.dead_threshold)
-        self.decoder = self.build_decoder(cfg)
+        self.decoder = ISTFTDecoder(cfg) if cfg.spectral else SEANetDecoder(cfg)
         self.sample_rate, self.n_q, self.codebook_size = cfg.sample_rate, cfg.n_q, cfg.codebook_size
         self.hop_length, self.frame_rate = cfg.hop_length, cfg.frame_rate
-
-    def build_encoder(self, cfg) -> nn.Module:
-        return SEANetEncoder(cfg)
-
-    def build_decoder(self, cfg) -> nn.Module:
-        return SEANetDecoder(cfg)
 
     @property
     def bitrate(self) -> float:
@@ -195,7 +452,7 @@ class EncodecModel(nn.Module):
         B, C, N = wav.shape
         if C != 1:
             raise ValueError(f"the codec takes mono audio (B, 1, N), got {C} channels")
-        if isinstance(self.encoder, SEANetEncoder):
+        if not self.cfg.spectral:
             return wav
         T = math.ceil(N / self.hop_length)
         return F.pad(wav, (0, T * self.hop_length - N))
@@ -264,40 +521,6 @@ class EncodecModel(nn.Module):
             raise ValueError(f"{where}: not a readable codec checkpoint ({type(error).__name__}: {first_line})") from None
         return model.eval()
 
-    @classmethod
-    def from_hf(cls, config: dict, state_dict: dict) -> "EncodecModel":
-        """The codec of a HF `transformers.EncodecModel` (e.g. MusicGen's 32 kHz EnCodec), in eval mode.
-
-        Args:
-            config: HF's EncodecConfig as a dict (config.json["audio_encoder"]; see EncodecConfig.from_hf).
-            state_dict: that model's tensors, "audio_encoder." prefix removed. Our module tree is HF's,
-                layer for layer, so the names agree except two spellings (hf_names): weight norm as
-                weight_g / weight_v (the published files) or parametrizations.weight.original0 / 1
-                (today's), and the codebooks' buffers quantizer.layers.K.codebook.{embed, embed_avg,
-                cluster_size, inited}.
-        An unsupported config field, or an unknown, missing or misshaped key, raises ValueError naming it.
-        """
-        model = cls(EncodecConfig.from_hf(config))
-        names = {ours: hf_names(ours) for ours in model.state_dict()}  # ours -> HF's spellings
-        known = {name for spellings in names.values() for name in spellings}
-        unknown = [key for key in state_dict if key not in known]
-        if unknown:
-            raise ValueError(f"EnCodec state_dict: unexpected key {unknown[0]!r}")
-        weights = {}
-        for ours, target in model.state_dict().items():
-            found = [name for name in names[ours] if name in state_dict]
-            if len(found) != 1:
-                raise ValueError(f"EnCodec state_dict: {'both spellings of' if found else 'missing'} {names[ours][0]!r}")
-            value = state_dict[found[0]]
-            if ours.endswith(".initialized") and value.numel() == 1:
-                value = value.reshape(()).bool()  # HF keeps the flag as a float tensor [1.]
-            if value.shape != target.shape:
-                raise ValueError(f"EnCodec state_dict: {found[0]!r} has shape {tuple(value.shape)}, "
-                                 f"the config gives {tuple(target.shape)}")
-            weights[ours] = value.to(target.dtype)
-        model.load_state_dict(weights)
-        return model.eval()
-
 
 def read_checkpoint(path, what="codec"):
     """torch.load with weights_only=True (a checkpoint can never run code); one-line errors."""
@@ -313,31 +536,7 @@ def read_checkpoint(path, what="codec"):
     return ckpt
 
 
-# ==== HF's names and defaults (EncodecModel.from_hf) =====================================================
-# HF EncodecConfig's defaults, which a config.json may leave out (they are transformers' 24 kHz EnCodec).
-HF_DEFAULTS = dict(model_type="encodec", sampling_rate=24000, audio_channels=1, normalize=False, chunk_length_s=None,
-                   hidden_size=128, num_filters=32, num_residual_layers=1, upsampling_ratios=(8, 5, 4, 2),
-                   norm_type="weight_norm", kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
-                   dilation_growth_rate=2, use_causal_conv=True, pad_mode="reflect", compress=2, num_lstm_layers=2,
-                   trim_right_ratio=1.0, codebook_size=1024, codebook_dim=None, use_conv_shortcut=True,
-                   target_bandwidths=(1.5, 3.0, 6.0, 12.0, 24.0))
-# The fields whose other values we do not implement, with the values we do (MusicGen's codec uses the first).
-# normalize: HF divides the input by its RMS and returns that scale with the codes; ours keeps only codes.
-HF_SUPPORTED = dict(model_type=("encodec",), audio_channels=(1,), normalize=(False,), chunk_length_s=(None,),
-                    norm_type=("weight_norm",), use_causal_conv=(False,), trim_right_ratio=(1.0,),
-                    pad_mode=("reflect", "constant", "replicate"))
-HF_CODEBOOK = {"codebook": "embed", "embed_sum": "embed_avg", "cluster_size": "cluster_size", "initialized": "inited"}
-HF_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
-
-
-def hf_names(name: str) -> list:
-    """HF's spellings of one of our tensor names, today's first:
-    "quantizer.layers.0.embed_sum" -> ["quantizer.layers.0.codebook.embed_avg"],
-    "….conv.parametrizations.weight.original0" -> ["….conv.parametrizations.weight.original0", "….conv.weight_g"]."""
-    head, _, leaf = name.rpartition(".")
-    if name.startswith("quantizer."):
-        return [f"{head}.codebook.{HF_CODEBOOK[leaf]}"]
-    for new, old in HF_WEIGHT_NORM.items():
-        if name.endswith(new):
-            return [name, name[:-len(new)] + old]
-    return [name]
+def load_codec(path, device="cpu"):
+    """-> (codec in eval mode, checkpoint dict) from a file written by EncodecModel.save."""
+    ckpt = read_checkpoint(path, "codec")
+    return EncodecModel.from_checkpoint(ckpt, where=str(path)).to(device), ckpt

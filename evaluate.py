@@ -33,7 +33,7 @@ import torch
 
 import data
 import train
-import train_lm
+import stages
 from audio import PEAK, stack_wavs, write_audio
 from metrics import chroma_cosine, codec_metrics, frechet_distance, kl_divergence
 from musicgen import MusicGen
@@ -217,7 +217,7 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
         out = run_dir / "ablation" / name
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(run_dir / "codec.pt", out / "codec.pt")  # the same frozen codec for every pattern
-        summary = train_lm.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
+        summary = stages.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
                                  codes_dir=run_dir / "codes")
         model = MusicGen.load(out)
         sr = model.sample_rate

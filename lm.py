@@ -29,7 +29,7 @@ only. Three more switches replace paper behaviour in the tiny recipe (train.TINY
 `input_codebooks` (the paper sums all K embeddings; the tiny LM reads codebook 1 and still predicts
 all K) and `start_weight` (the paper's loss is a plain mean).
 
-Generation (sampling.py) runs the same network one pattern step at a time with a KV cache (§3).
+Generation (musicgen.py) runs the same network one pattern step at a time with a KV cache (§3).
 """
 import math
 import os

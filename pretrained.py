@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encodec import EncodecModel
+from encodec import EncodecConfig, EncodecModel
 from lm import LMConfig, LMModel, t5_config
 from t5 import T5Config, UnigramTokenizer, t5_state_dict_from_hf
 
@@ -192,6 +192,96 @@ def read_config(folder) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# 2a. The published EnCodec → encodec.EncodecModel (SEANet is laid out as HF's, layer for layer)
+# ------------------------------------------------------------------------------------------------
+# HF EncodecConfig's defaults, which a config.json may leave out (they are transformers' 24 kHz EnCodec).
+HF_DEFAULTS = dict(model_type="encodec", sampling_rate=24000, audio_channels=1, normalize=False, chunk_length_s=None,
+                   hidden_size=128, num_filters=32, num_residual_layers=1, upsampling_ratios=(8, 5, 4, 2),
+                   norm_type="weight_norm", kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
+                   dilation_growth_rate=2, use_causal_conv=True, pad_mode="reflect", compress=2, num_lstm_layers=2,
+                   trim_right_ratio=1.0, codebook_size=1024, codebook_dim=None, use_conv_shortcut=True,
+                   target_bandwidths=(1.5, 3.0, 6.0, 12.0, 24.0))
+# The fields whose other values we do not implement, with the values we do (MusicGen's codec uses the first).
+# normalize: HF divides the input by its RMS and returns that scale with the codes; ours keeps only codes.
+HF_SUPPORTED = dict(model_type=("encodec",), audio_channels=(1,), normalize=(False,), chunk_length_s=(None,),
+                    norm_type=("weight_norm",), use_causal_conv=(False,), trim_right_ratio=(1.0,),
+                    pad_mode=("reflect", "constant", "replicate"))
+HF_CODEBOOK = {"codebook": "embed", "embed_sum": "embed_avg", "cluster_size": "cluster_size", "initialized": "inited"}
+HF_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+
+
+def hf_names(name: str) -> list:
+    """HF's spellings of one of our tensor names, today's first:
+    "quantizer.layers.0.embed_sum" -> ["quantizer.layers.0.codebook.embed_avg"],
+    "….conv.parametrizations.weight.original0" -> ["….conv.parametrizations.weight.original0", "….conv.weight_g"]."""
+    head, _, leaf = name.rpartition(".")
+    if name.startswith("quantizer."):
+        return [f"{head}.codebook.{HF_CODEBOOK[leaf]}"]
+    for new, old in HF_WEIGHT_NORM.items():
+        if name.endswith(new):
+            return [name, name[:-len(new)] + old]
+    return [name]
+
+
+def encodec_config_from_hf(config: dict) -> EncodecConfig:
+    """From HF's EncodecConfig as a dict (config.json["audio_encoder"] of a MusicGen folder). A field
+    it lacks means HF's default (HF_DEFAULTS); a value we cannot reproduce raises ValueError naming it.
+    n_q is every codebook the model has (HF's encode defaults to its lowest target bandwidth; the
+    MusicGen codecs list only one)."""
+    c = {**HF_DEFAULTS, **config}
+    for field, allowed in {**HF_SUPPORTED, "codebook_dim": (None, c["hidden_size"])}.items():
+        if c[field] not in allowed:
+            raise ValueError(f"EnCodec config: {field}={c[field]!r} is not supported "
+                             f"(only {' or '.join(map(repr, allowed))})")
+    ratios = tuple(c["upsampling_ratios"])
+    # HF derives the number of codebooks from the highest bitrate: K = ⌊kbps·1000 / (⌈frame rate⌉·bits)⌋.
+    bits_per_second = math.ceil(c["sampling_rate"] / math.prod(ratios)) * math.ceil(math.log2(c["codebook_size"]))
+    n_q = int(1000 * c["target_bandwidths"][-1] // bits_per_second)
+    if n_q < 1:
+        raise ValueError(f"EnCodec config: target_bandwidths={c['target_bandwidths']} gives no codebook")
+    return EncodecConfig(sample_rate=c["sampling_rate"], n_filters=c["num_filters"], ratios=ratios,
+                         dimension=c["hidden_size"], n_residual_layers=c["num_residual_layers"],
+                         lstm_layers=c["num_lstm_layers"], n_q=n_q,
+                         codebook_size=c["codebook_size"], kernel_size=c["kernel_size"], last_kernel_size=c["last_kernel_size"],
+                         residual_kernel_size=c["residual_kernel_size"], dilation_growth_rate=c["dilation_growth_rate"],
+                         compress=c["compress"], use_conv_shortcut=bool(c["use_conv_shortcut"]), pad_mode=c["pad_mode"])
+
+
+def encodec_from_hf(config: dict, state_dict: dict) -> EncodecModel:
+    """The codec of a HF `transformers.EncodecModel` (e.g. MusicGen's 32 kHz EnCodec), in eval mode.
+
+    Args:
+        config: HF's EncodecConfig as a dict (config.json["audio_encoder"]; see encodec_config_from_hf).
+        state_dict: that model's tensors, "audio_encoder." prefix removed. Our module tree is HF's,
+            layer for layer, so the names agree except two spellings (hf_names): weight norm as
+            weight_g / weight_v (the published files) or parametrizations.weight.original0 / 1
+            (today's), and the codebooks' buffers quantizer.layers.K.codebook.{embed, embed_avg,
+            cluster_size, inited}.
+    An unsupported config field, or an unknown, missing or misshaped key, raises ValueError naming it.
+    """
+    model = EncodecModel(encodec_config_from_hf(config))
+    names = {ours: hf_names(ours) for ours in model.state_dict()}  # ours -> HF's spellings
+    known = {name for spellings in names.values() for name in spellings}
+    unknown = [key for key in state_dict if key not in known]
+    if unknown:
+        raise ValueError(f"EnCodec state_dict: unexpected key {unknown[0]!r}")
+    weights = {}
+    for ours, target in model.state_dict().items():
+        found = [name for name in names[ours] if name in state_dict]
+        if len(found) != 1:
+            raise ValueError(f"EnCodec state_dict: {'both spellings of' if found else 'missing'} {names[ours][0]!r}")
+        value = state_dict[found[0]]
+        if ours.endswith(".initialized") and value.numel() == 1:
+            value = value.reshape(()).bool()  # HF keeps the flag as a float tensor [1.]
+        if value.shape != target.shape:
+            raise ValueError(f"EnCodec state_dict: {found[0]!r} has shape {tuple(value.shape)}, "
+                             f"the config gives {tuple(target.shape)}")
+        weights[ours] = value.to(target.dtype)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
 # 2. The published names → our modules
 # ------------------------------------------------------------------------------------------------
 # HF names in a MusicGen checkpoint, by prefix, and where they go:
@@ -200,7 +290,7 @@ def read_config(folder) -> dict:
 #                                        → lm.text_encoder.projection  (then the identity)
 #   audio_enc_to_dec_proj  Linear 12 chroma bins → LM width, with a bias (musicgen-melody only)
 #                                        → lm.melody_projection
-#   audio_encoder.*  EnCodec             → encodec.EncodecModel.from_hf (weight_g / weight_v or
+#   audio_encoder.*  EnCodec             → encodec_from_hf (weight_g / weight_v or
 #                    parametrizations.weight.original0 / original1, LSTMs, codebooks)
 #   decoder.*        the LM              → lm.LMModel, by the table below
 
@@ -348,8 +438,8 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -
     if unknown:
         raise PretrainedError(f"{where}: unexpected weight {unknown[0]!r} (not text_encoder, audio_encoder or decoder)")
     try:
-        codec = EncodecModel.from_hf(audio, {k[len("audio_encoder."):]: v for k, v in sd.items()
-                                             if k.startswith("audio_encoder.")})
+        codec = encodec_from_hf(audio, {k[len("audio_encoder."):]: v for k, v in sd.items()
+                                if k.startswith("audio_encoder.")})
         if (codec.n_q, codec.codebook_size) != (decoder["num_codebooks"], decoder["vocab_size"]):
             raise ValueError(f"the codec has {codec.n_q} codebooks of {codec.codebook_size}, the decoder reads "
                              f"{decoder['num_codebooks']} of {decoder['vocab_size']}")

@@ -2,7 +2,7 @@
 
 Paper §4.1: MusicGen trains an EnCodec model first, freezes it, encodes the whole dataset once, and
 trains one transformer LM on those discrete codes. This script does exactly that at toy scale, with
-stage 1 in train_codec.py and stage 2 in train_lm.py:
+both stages in stages.py:
 
     python train.py                     # toy dataset → codec → cached codes → LM → samples/*.wav
     python train.py --stage lm --resume # continue the LM stage exactly where it stopped
@@ -30,8 +30,7 @@ from audio import write_audio
 from encodec import EncodecConfig
 from lm import LMConfig, check_input_codebooks
 from musicgen import MusicGen
-from train_codec import train_codec
-from train_lm import train_lm
+from stages import train_codec, train_lm
 
 
 @dataclass
@@ -114,17 +113,17 @@ TINY = Preset(
 # LM: LMConfig() (D 1024, 24 layers, 16 heads, FFN 4096, 30 s windows, delay pattern, melody prepended)
 # but the text encoder: 302M in the blocks' self-attention and FFNs (24 · 12 · D², the paper's "300M"),
 # 420M with cross-attention, embeddings and heads, + 86M of text encoder. Budgets: the paper's. Not in
-# train_lm.py, so not here: fp32 on one device, no gradient accumulation (lm_batch 192 is the paper's over
+# stages.py, so not here: fp32 on one device, no gradient accumulation (lm_batch 192 is the paper's over
 # 32 GPUs; a 30 s window takes ~3.7 GB of activations: pass --batch-size what fits), no weight EMA (paper:
 # 0.99). Clips under 30 s are skipped (the toy clips are 4 s: give --data). tests/test_small_preset.py.
 SMALL_LM = replace(
     LMConfig(),
-    text_encoder="scratch",      # paper: "t5", frozen, pretrained. Why: train_lm.py builds a word vocabulary,
+    text_encoder="scratch",      # paper: "t5", frozen, pretrained. Why: stages.train_lm builds a word vocabulary,
                                  # not T5's; trained with the LM at T5-base's size (768 wide, 12 layers, 12 heads).
 )
 SMALL = Preset(
     lm=SMALL_LM,
-    lm_lr=1e-4,                  # paper: D-Adaptation for the 300M. Why: train_lm.py has plain AdamW (Preset()'s).
+    lm_lr=1e-4,                  # paper: D-Adaptation for the 300M. Why: stages.py has plain AdamW (Preset()'s).
 )
 PRESETS = {
     "tiny": TINY,

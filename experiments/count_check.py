@@ -37,10 +37,10 @@ import torch
 import data
 import probe as attribute_probe
 from lm import LMModel
-from sampling import generate_codes
-from spectral_codec import load_codec
+from musicgen import generate_codes
+from encodec import load_codec
 from train import TINY_LM
-from train_lm import cosine_lr, lm_optimizer
+from stages import cosine_lr, lm_optimizer
 
 TEMPI = ("fast", "medium", "slow")  # the toy tempo words; a batch's `tempo` indexes this tuple
 PERIODS = (18.75, 27.27, 42.86)  # frames per beat at 50 Hz for 160, 110 and 70 BPM (TEMPI's order)

@@ -20,8 +20,7 @@ import torch
 
 import toy
 import train
-from train_codec import train_codec
-from train_lm import train_lm
+from stages import train_codec, train_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 

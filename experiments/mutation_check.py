@@ -26,15 +26,15 @@ FIRST = ["tests/test_known_answers.py", "tests/test_autotune.py", "tests/test_fa
 
 MUTANTS = [
     # sampler (§3)
-    ("sampler-temperature", "sampling.py", "logits.float() / temperature", "logits.float() * temperature"),
-    ("sampler-top-k-off-by-one", "sampling.py", "card - top_k + 1", "card - top_k"),
-    ("sampler-top-p-mass", "sampling.py", "sorted_probs.cumsum(-1) - sorted_probs > top_p",
+    ("sampler-temperature", "musicgen.py", "logits.float() / temperature", "logits.float() * temperature"),
+    ("sampler-top-k-off-by-one", "musicgen.py", "card - top_k + 1", "card - top_k"),
+    ("sampler-top-p-mass", "musicgen.py", "sorted_probs.cumsum(-1) - sorted_probs > top_p",
      "sorted_probs.cumsum(-1) > top_p"),
     # classifier-free guidance
-    ("guidance-mix", "sampling.py", "null + cfg_coef * (cond - null)", "cond + cfg_coef * (cond - null)"),
-    ("guidance-null-melody", "sampling.py", "torch.cat([lm.fit_chroma(chroma), lm.null_chroma.expand(B, -1, -1)])",
+    ("guidance-mix", "musicgen.py", "null + cfg_coef * (cond - null)", "cond + cfg_coef * (cond - null)"),
+    ("guidance-null-melody", "musicgen.py", "torch.cat([lm.fit_chroma(chroma), lm.null_chroma.expand(B, -1, -1)])",
      "torch.cat([lm.fit_chroma(chroma), lm.fit_chroma(chroma)])"),
-    ("guidance-null-text", "sampling.py", "text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])",
+    ("guidance-null-text", "musicgen.py", "text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])",
      "text_mask = torch.cat([text_mask, text_mask])"),
     # sliding windows and the melody's alignment
     ("window-no-context", "musicgen.py", "start = max(0, codes.shape[-1] - (window - stride)) if",
@@ -66,7 +66,7 @@ MUTANTS = [
     ("rvq-no-straight-through", "rvq.py", "z_hat = z + (quantized_sum - z).detach()", "z_hat = quantized_sum"),
     ("rvq-residual-not-subtracted", "rvq.py", "residual = residual - quantized.detach()", "residual = residual"),
     # losses
-    ("hinge-signs-swapped", "discriminator.py", "F.relu(1 - real).mean() + F.relu(1 + fake).mean()",
+    ("hinge-signs-swapped", "losses.py", "F.relu(1 - real).mean() + F.relu(1 + fake).mean()",
      "F.relu(1 + real).mean() + F.relu(1 - fake).mean()"),
     ("lm-loss-start-weight-misplaced", "lm.py", "frame_weight[:self.cfg.start_frames] = self.cfg.start_weight",
      "frame_weight[self.cfg.start_frames:] = self.cfg.start_weight"),
@@ -75,7 +75,7 @@ MUTANTS = [
     ("condition-dropout-melody-kept", "conditioners.py", "return null, null | (draw[:, 1] < self.p_melody)",
      "return null, draw[:, 1] < self.p_melody"),
     # training plumbing
-    ("lr-warmup-off-by-one", "train_lm.py", "return lr * (step + 1) / warmup", "return lr * step / warmup"),
+    ("lr-warmup-off-by-one", "stages.py", "return lr * (step + 1) / warmup", "return lr * step / warmup"),
     # the LM's paper forms and the fast forms derived from them
     ("embeddings-first-table-only", "lm.py", "x = sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))",
      "x = self.embeddings[0](sequence[:, 0])"),

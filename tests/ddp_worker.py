@@ -24,8 +24,7 @@ import data  # noqa: E402
 import ddp  # noqa: E402
 import losses  # noqa: E402
 import train  # noqa: E402
-import train_codec as codec_stage  # noqa: E402
-import train_lm as lm_stage  # noqa: E402
+import stages  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("stage", choices=["codec", "lm"])
@@ -68,10 +67,10 @@ def in_float32(function):
 torch.set_default_dtype(torch.float64)
 read_window, load_audio, reconstruction_loss = data.read_window, audio.load_audio, losses.ReconstructionLoss
 data.read_window = lambda *a: read_window(*a).double()                        # soundfile reads float32
-codec_stage.load_audio = lm_stage.load_audio = lambda *a, **k: load_audio(*a, **k).double()
-codec_stage.ReconstructionLoss = lambda cfg: reconstruction_loss(cfg).double()  # float32 filter banks
-metrics = in_float32(codec_stage.codec_metrics)  # the held-out metrics, on a float32 copy of the codec
-codec_stage.codec_metrics = lambda codec, wav, **k: metrics(copy.deepcopy(codec).float(), wav.float(), **k)
+stages.load_audio = lambda *a, **k: load_audio(*a, **k).double()
+stages.ReconstructionLoss = lambda cfg: reconstruction_loss(cfg).double()  # float32 filter banks
+metrics = in_float32(stages.codec_metrics)  # the held-out metrics, on a float32 copy of the codec
+stages.codec_metrics = lambda codec, wav, **k: metrics(copy.deepcopy(codec).float(), wav.float(), **k)
 conditioners.ChromaExtractor.__init__ = in_float32(conditioners.ChromaExtractor.__init__)
 
 # The first step's gradients, as the optimizer receives them (under DDP: averaged over the ranks).
@@ -98,7 +97,7 @@ preset = replace(train.TINY, codec_batch=args.batch, lm_batch=args.batch, lm_war
                  lm=replace(train.TINY_LM, dropout=0.0))
 common = dict(max_steps=args.steps, eval_every=1000, rank=rank, micro_batch=args.micro_batch,
               workers=args.workers, resume=args.resume)
-codec_stage.tqdm = lm_stage.tqdm = InterruptAt
+stages.tqdm = InterruptAt
 recorded, mean_over_ranks = [], ddp.mean_over_ranks  # an interrupted LM run's losses, as it logged them
 
 
@@ -112,9 +111,9 @@ def recording(x, rank):
 ddp.mean_over_ranks = recording
 try:
     if args.stage == "codec":
-        summary = codec_stage.train_codec(out, args.data, preset, n_valid=2, **common)
+        summary = stages.train_codec(out, args.data, preset, n_valid=2, **common)
     else:
-        summary = lm_stage.train_lm(out, args.data, preset, **common)
+        summary = stages.train_lm(out, args.data, preset, **common)
 except KeyboardInterrupt:
     summary = dict(losses=recorded)
 (out / f"saves_{args.stage}_rank{rank.index}.json").write_text(json.dumps(saves))

@@ -14,7 +14,7 @@ import torch
 import data
 import toy
 import train
-import train_codec
+import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_odd_but_valid_files_pass_the_check_and_train(tmp_path):
     (folder / "manifest.jsonl").write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
     good, problems = data.check_dataset(folder)
     assert problems == {} and len(good) == len(files)
-    summary = train_codec.train_codec(tmp_path / "run", folder, train.replace(train.TINY, codec_batch=2),
+    summary = stages.train_codec(tmp_path / "run", folder, train.replace(train.TINY, codec_batch=2),
                                       max_steps=1, eval_every=1000, n_valid=2)
     assert summary["steps"] == 1
 

@@ -11,9 +11,9 @@ import torch
 from conditioners import Tokenizer
 from lm import LMModel, load_lm, save_lm
 from musicgen import MusicGen
-from spectral_codec import build_codec, load_codec
+from encodec import EncodecModel, load_codec
 from train import TINY_CODEC, TINY_LM
-from train_lm import lm_config_for
+from stages import lm_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO_CODEC = replace(TINY_CODEC, n_filters=4, dimension=8, codebook_size=16, ratios=(8, 5, 4, 4))
@@ -22,9 +22,9 @@ MICRO_CODEC = replace(TINY_CODEC, n_filters=4, dimension=8, codebook_size=16, ra
 def micro_run(folder, codebook_size=16):
     """A valid run directory (untrained codec + LM) written by the project's own save functions."""
     torch.manual_seed(0)
-    codec = build_codec(replace(MICRO_CODEC, codebook_size=codebook_size)).eval()
+    codec = EncodecModel(replace(MICRO_CODEC, codebook_size=codebook_size)).eval()
     tokenizer = Tokenizer.build(["a sad slow tune"])
-    lm = LMModel(lm_config_for(build_codec(MICRO_CODEC), replace(TINY_LM, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+    lm = LMModel(lm_config_for(EncodecModel(MICRO_CODEC), replace(TINY_LM, dim=32, n_layers=1, n_heads=2, ffn_dim=64,
                                                                  text_dim=16, text_layers=1, text_heads=2,
                                                                  text_vocab_size=len(tokenizer.vocab))))
     folder.mkdir(parents=True, exist_ok=True)

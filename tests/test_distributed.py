@@ -25,8 +25,7 @@ import torch
 import data
 import toy
 import train
-import train_codec
-import train_lm
+import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
@@ -163,7 +162,7 @@ def test_training_reads_only_the_windows_it_uses(tmp_path, monkeypatch):
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
     (tmp_path / "manifest.jsonl").write_text("\n".join(lines * 25) + "\n")  # 100 entries, 4 files
     reads = {"window": 0, "whole": 0}
-    read_window, load_audio = data.read_window, train_codec.load_audio
+    read_window, load_audio = data.read_window, stages.load_audio
 
     def counted_window(*args):
         reads["window"] += 1
@@ -173,15 +172,15 @@ def test_training_reads_only_the_windows_it_uses(tmp_path, monkeypatch):
         reads["whole"] += 1
         return load_audio(*args)
     monkeypatch.setattr(data, "read_window", counted_window)
-    monkeypatch.setattr(train_codec, "load_audio", counted_whole)
-    monkeypatch.setattr(train_lm, "load_audio", counted_whole)
+    monkeypatch.setattr(stages, "load_audio", counted_whole)
+    monkeypatch.setattr(stages, "load_audio", counted_whole)
     preset = train.replace(train.TINY, codec_batch=2, lm_batch=2, codec_quantizer_warmup=0.0)
-    train_codec.train_codec(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
+    stages.train_codec(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
     assert reads == {"window": 64 + 2 * 2, "whole": 2}  # k-means on 64 crops, two steps of two
     reads.update(window=0, whole=0)
-    train_lm.train_lm(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
+    stages.train_lm(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
     assert reads["whole"] == 100  # the encoding, once
     assert reads["window"] == 2 * 2 + 2  # two steps of two windows, two validation windows
     reads.update(window=0, whole=0)
-    train_lm.train_lm(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
+    stages.train_lm(tmp_path / "run", tmp_path, preset, max_steps=2, eval_every=1000, n_valid=2)
     assert reads["whole"] == 0  # the codes on disk are reused

@@ -1,4 +1,4 @@
-"""encodec.py, seanet.py, spectral_codec.py, losses.py, discriminator.py: shapes and lengths, SEANet's
+"""encodec.py, losses.py: shapes and lengths, SEANet's
 padding, the paper config's size, losses, discriminator, training, save/load."""
 import math
 
@@ -8,12 +8,10 @@ import torch
 from dataclasses import replace
 
 import audio
-import discriminator
+import losses as discriminator
 import encodec
 import losses
-import seanet
-import spectral_codec
-from spectral_codec import build_codec, load_codec
+from encodec import EncodecModel, load_codec
 from train import TINY_CODEC
 
 
@@ -28,7 +26,7 @@ def micro_config(**changes):
 @pytest.mark.parametrize("n_samples", [1, 639, 641, 3 * 640 + 17])
 def test_lengths_for_odd_inputs(n_samples, spectral):
     torch.manual_seed(0)
-    codec = build_codec(micro_config(spectral=spectral)).eval()
+    codec = EncodecModel(micro_config(spectral=spectral)).eval()
     wav = torch.randn(2, 1, n_samples)
     codes = codec.encode(wav)
     T = math.ceil(n_samples / 640)
@@ -39,11 +37,11 @@ def test_lengths_for_odd_inputs(n_samples, spectral):
 
 
 def test_seanet_convs_pad_and_trim_the_larger_half_on_the_left():
-    """Known answers for EnCodec's padding (seanet.py), with all-ones kernels and zero padding: a stride-5 conv
+    """Known answers for EnCodec's padding (encodec.py), with all-ones kernels and zero padding: a stride-5 conv
     of kernel 10 pads p = 5, 3 left and 2 right, plus 2 that complete the last stride of 23 ones; the
     transposed conv trims its 5 extra samples 3 left, 2 right."""
     cfg = replace(encodec.EncodecConfig(), pad_mode="constant")
-    down, up = seanet.PaddedConv1d(cfg, 1, 1, 10, stride=5), seanet.TrimmedConvTranspose1d(1, 1, 5)
+    down, up = encodec.PaddedConv1d(cfg, 1, 1, 10, stride=5), encodec.TrimmedConvTranspose1d(1, 1, 5)
     with torch.no_grad():
         for module in (down, up):
             module.conv.parametrizations.weight.original1.fill_(1.0)          # v = ones
@@ -87,14 +85,14 @@ def expected_parameter_count(cfg):
 
 def test_paper_config_parameter_count():
     cfg = encodec.EncodecConfig()
-    model = build_codec(cfg)
+    model = EncodecModel(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == expected_parameter_count(cfg)
     # ~57M, most of it in the two 1024-wide LSTMs (2 × 16.8M); audiocraft's 32 kHz checkpoint is ~59M.
     assert 50e6 < n_params < 65e6
     assert model.quantizer.bitrate(cfg.frame_rate) == 2200  # 4 × 11 bits × 50 Hz
     seanet = micro_config(spectral=False)
-    assert expected_parameter_count(seanet) == sum(p.numel() for p in build_codec(seanet).parameters())
+    assert expected_parameter_count(seanet) == sum(p.numel() for p in EncodecModel(seanet).parameters())
 
 
 def test_losses_are_zero_for_identical_inputs():
@@ -113,7 +111,7 @@ def test_losses_are_zero_for_identical_inputs():
 def test_istft_decoder_synthesis_rings_at_the_exact_frequency():
     """Known answer: the magnitudes of a 131 Hz cosine's STFT and the offset δ = 131·n_fft/sr − k in every
     bin must give back the cosine: a peak at 131 Hz (between the 25 Hz bins) and a flat envelope."""
-    decoder = spectral_codec.ISTFTDecoder(micro_config(ratios=(8, 5, 4, 2)))  # hop 320: STFT hop 160, n_fft 640
+    decoder = encodec.ISTFTDecoder(micro_config(ratios=(8, 5, 4, 2)))  # hop 320: STFT hop 160, n_fft 640
     sr, f, n = 16000, 131.0, 16000
     wav = torch.cos(2 * math.pi * f * torch.arange(n) / sr)
     spec = torch.stft(wav, decoder.n_fft, decoder.hop, window=decoder.window, return_complex=True)[..., :n // decoder.hop]
@@ -192,7 +190,7 @@ def test_discriminator_output_shapes():
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     cfg = micro_config(n_filters=8, dimension=16)
-    codec = build_codec(cfg).train()
+    codec = EncodecModel(cfg).train()
     mel = losses.MultiScaleMelLoss(cfg.sample_rate, cfg.mel_scales)
     t = torch.arange(2 * 1280) / cfg.sample_rate
     wav = (0.5 * torch.sin(2 * math.pi * torch.tensor([[220.0], [330.0]]) * t))[:, None]  # (2, 1, 2560)
@@ -210,7 +208,7 @@ def test_a_few_training_steps_lower_the_loss():
 
 def test_save_load_round_trip_is_exact(tmp_path):
     torch.manual_seed(0)
-    codec = build_codec(micro_config()).train()
+    codec = EncodecModel(micro_config()).train()
     codec(torch.randn(2, 1, 1280))  # initialise the codebooks
     path = tmp_path / "codec.pt"
     codec.save(path, step=7, note="hello")
@@ -231,7 +229,7 @@ def test_bad_checkpoints_and_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
         load_codec(tmp_path / "junk.pt")
-    codec = build_codec(micro_config()).eval()
+    codec = EncodecModel(micro_config()).eval()
     with pytest.raises(ValueError, match="mono"):
         codec.encode(torch.randn(1, 2, 640))
     with pytest.raises(ValueError, match="codes must lie"):
@@ -242,7 +240,7 @@ def test_istft_decoder_frequency_offsets_stay_within_a_bin_and_keep_their_gradie
     """Pins a fix: δ was bounded only by a clamp at ±2 bins, whose gradient is 0 beyond it, and trained
     decoders parked most loud bins there. Now δ = tanh(raw): within ±1 bin, and always trainable."""
     cfg = micro_config(ratios=(8, 5, 4, 2))
-    decoder = spectral_codec.ISTFTDecoder(cfg)
+    decoder = encodec.ISTFTDecoder(cfg)
     half = decoder.n_freqs * decoder.per_frame  # the head's outputs: log magnitudes, then the δ
     with torch.no_grad():
         decoder.head.bias[half:] = 5.0  # every raw δ far beyond the bound
@@ -265,7 +263,7 @@ def test_lookahead_frames_is_exactly_what_a_cut_changes(spectral):
     uncut encoding (their receptive field ends before the cut) and change frame 20 - lookahead (its
     field reaches past the cut, into the zero padding). Fails if the look-ahead is over- or under-counted."""
     torch.manual_seed(0)
-    codec = build_codec(micro_config(spectral=spectral)).eval()
+    codec = EncodecModel(micro_config(spectral=spectral)).eval()
     lookahead = codec.lookahead_frames
     assert 1 <= lookahead < 20
     wav = torch.randn(1, 1, 32 * codec.hop_length)

@@ -1,4 +1,4 @@
-"""encodec.EncodecModel.from_hf against HF transformers' EncodecModel, on tiny random models.
+"""pretrained.encodec_from_hf against HF transformers' EncodecModel, on tiny random models.
 
 The reference is a test-only dependency (requirements-dev.txt); without it these tests skip. Nothing is
 downloaded: each reference is built here with random weights, its codebooks filled with random vectors
@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from encodec import HF_DEFAULTS, EncodecConfig, EncodecModel
+from encodec import EncodecConfig, EncodecModel
+from pretrained import HF_DEFAULTS, encodec_config_from_hf, encodec_from_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -85,7 +86,7 @@ def legacy_state_dict(reference):
 ], ids=["musicgen", "conv-shortcut", "zero-padding"])
 def test_codes_and_audio_match_hf_for_any_length(overrides):
     reference = hf_codec(**overrides)
-    ours = EncodecModel.from_hf(reference.config.to_dict(), reference.state_dict())
+    ours = encodec_from_hf(reference.config.to_dict(), reference.state_dict())
     assert not ours.training and ours.n_q == 4 and ours.codebook_size == 32
     hop = ours.hop_length
     # 1 sample and 100 are shorter than one frame (and than the receptive field); others end mid-frame.
@@ -108,7 +109,7 @@ def test_the_published_weight_norm_spelling_loads_too():
     reference = hf_codec()
     state = legacy_state_dict(reference)
     assert "encoder.layers.0.conv.weight_g" in state and not any("parametrizations" in k for k in state)
-    ours = EncodecModel.from_hf(reference.config.to_dict(), state)
+    ours = encodec_from_hf(reference.config.to_dict(), state)
     wav = torch.randn(1, 1, 2000, generator=torch.Generator().manual_seed(0))
     codes_hf, audio_hf = hf_reconstruction(reference, wav)
     assert torch.equal(ours.encode(wav), codes_hf)
@@ -116,7 +117,7 @@ def test_the_published_weight_norm_spelling_loads_too():
 
 
 def test_our_defaults_are_musicgens_codec_and_hf_defaults_are_transcribed():
-    assert EncodecConfig.from_hf(MUSICGEN_SMALL) == EncodecConfig()
+    assert encodec_config_from_hf(MUSICGEN_SMALL) == EncodecConfig()
     hf_config = transformers.EncodecConfig(**{k: v for k, v in MUSICGEN_SMALL.items() if k != "model_type"})
     assert hf_config.num_quantizers == EncodecConfig().n_q and hf_config.frame_rate == EncodecConfig().frame_rate
     defaults = transformers.EncodecConfig()  # what a field missing from a config.json means
@@ -133,17 +134,17 @@ def test_our_defaults_are_musicgens_codec_and_hf_defaults_are_transcribed():
 ])
 def test_unsupported_configs_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
-        EncodecConfig.from_hf(dict(MUSICGEN_SMALL, **{field: value}))
+        encodec_config_from_hf(dict(MUSICGEN_SMALL, **{field: value}))
 
 
 def test_a_missing_config_field_means_hfs_default():
     config = dict(MUSICGEN_SMALL)
     del config["use_causal_conv"]  # HF's default is causal, which we do not implement
     with pytest.raises(ValueError, match="use_causal_conv"):
-        EncodecConfig.from_hf(config)
+        encodec_config_from_hf(config)
     del config["use_conv_shortcut"], config["pad_mode"]
     config["use_causal_conv"] = False
-    cfg = EncodecConfig.from_hf(config)
+    cfg = encodec_config_from_hf(config)
     assert cfg.use_conv_shortcut and cfg.pad_mode == "reflect"
 
 
@@ -153,13 +154,13 @@ def test_missing_unknown_and_misshaped_keys_name_the_key():
     missing = dict(state)
     del missing["decoder.layers.1.lstm.weight_hh_l1"]
     with pytest.raises(ValueError, match=r"missing 'decoder\.layers\.1\.lstm\.weight_hh_l1'"):
-        EncodecModel.from_hf(config, missing)
+        encodec_from_hf(config, missing)
     with pytest.raises(ValueError, match=r"missing 'quantizer\.layers\.3\.codebook\.embed'"):
-        EncodecModel.from_hf(config, {k: v for k, v in state.items() if k != "quantizer.layers.3.codebook.embed"})
+        encodec_from_hf(config, {k: v for k, v in state.items() if k != "quantizer.layers.3.codebook.embed"})
     with pytest.raises(ValueError, match=r"unexpected key 'audio_encoder\.encoder\.layers\.0\.conv\.bias'"):
-        EncodecModel.from_hf(config, {"audio_encoder." + k: v for k, v in state.items()})
+        encodec_from_hf(config, {"audio_encoder." + k: v for k, v in state.items()})
     both = dict(state, **{"encoder.layers.0.conv.weight_g": state["encoder.layers.0.conv.parametrizations.weight.original0"]})
     with pytest.raises(ValueError, match=r"both spellings of 'encoder\.layers\.0\.conv\.parametrizations"):
-        EncodecModel.from_hf(config, both)
+        encodec_from_hf(config, both)
     with pytest.raises(ValueError, match=r"'encoder\.layers\.0\.conv\.bias' has shape \(2,\), the config gives \(4,\)"):
-        EncodecModel.from_hf(dict(config, num_filters=4), state)
+        encodec_from_hf(dict(config, num_filters=4), state)

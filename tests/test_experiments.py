@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import toy
-from spectral_codec import build_codec
+from encodec import EncodecModel
 from train import TINY_CODEC
 
 
@@ -29,7 +29,7 @@ def test_count_check_runs_on_a_codecs_tokens(tmp_path):
     root = Path(__file__).resolve().parents[1]
     toy.make_toy_dataset(tmp_path / "toy", n=12, seed=0)  # every tempo has training clips
     (tmp_path / "run").mkdir()
-    build_codec(TINY_CODEC).save(tmp_path / "run" / "codec.pt")  # untrained
+    EncodecModel(TINY_CODEC).save(tmp_path / "run" / "codec.pt")  # untrained
     result = subprocess.run([sys.executable, "-m", "experiments.count_check", "--steps", "2", "--codebooks", "4",
                              "--pitch-tracks", str(tmp_path / "toy"), "--codec", str(tmp_path / "run")],
                             capture_output=True, text=True, cwd=root, timeout=300)

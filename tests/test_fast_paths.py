@@ -12,11 +12,10 @@ import torch.nn.functional as F
 
 import autotune
 import encodec
-import seanet
 import transformer
 from dataclasses import replace
 from lm import LMConfig, LMModel
-from sampling import generate_codes
+from musicgen import generate_codes
 from transformer import GELU_FORMS, HALF_ATTENTION_FORMS, LINEAR_FORMS, Linear, attention
 
 
@@ -140,7 +139,7 @@ def test_half_precision_attention_in_float32_runs_the_kernel_in_float32(monkeypa
 
 
 def plain_seanet(monkeypatch):
-    """Swap seanet.py's allocation-saving forms for their plain counterparts: every ELU makes a new
+    """Swap encodec.py's allocation-saving forms for their plain counterparts: every ELU makes a new
     tensor, the residual sum is `shortcut(x) + block(x)`, the transposed conv is nn.ConvTranspose1d's
     own call, and a 1x1 conv's zero padding goes through F.pad."""
     def block_forward(self, x):
@@ -149,11 +148,11 @@ def plain_seanet(monkeypatch):
     def transposed_forward(self, x):
         y, right = self.conv(x), self.trim // 2
         return y[..., self.trim - right:y.shape[-1] - right]
-    monkeypatch.setattr(seanet.SEANetResidualBlock, "forward", block_forward)
-    monkeypatch.setattr(seanet.TrimmedConvTranspose1d, "forward", transposed_forward)
+    monkeypatch.setattr(encodec.SEANetResidualBlock, "forward", block_forward)
+    monkeypatch.setattr(encodec.TrimmedConvTranspose1d, "forward", transposed_forward)
     monkeypatch.setattr(nn.ELU, "forward", lambda self, x: F.elu(x, self.alpha))
-    pad1d = seanet.pad1d
-    monkeypatch.setattr(seanet, "pad1d", lambda x, left, right, mode: F.pad(x, (0, 0), mode) if left == right == 0
+    pad1d = encodec.pad1d
+    monkeypatch.setattr(encodec, "pad1d", lambda x, left, right, mode: F.pad(x, (0, 0), mode) if left == right == 0
                         else pad1d(x, left, right, mode))
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from conditioners import Tokenizer
 from musicgen import MusicGen
-from spectral_codec import build_codec
+from encodec import EncodecModel
 from test_musicgen import tiny_lm, FUSIONS, conditions, random_codes, CARD
 from train import TINY_CODEC
 from transformer import KVCache
@@ -165,7 +165,7 @@ def test_gradients_reach_the_melody_projection_and_the_prepended_text_encoder(fu
 # ---- 7. MusicGen with a prepend LM past the training window ----------------------------------------------
 def test_musicgen_with_a_prepend_melody_past_one_window():
     lm = tiny_lm(melody_fusion="prepend")  # 1 s windows (25 frames)
-    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+    codec = EncodecModel(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
                                                  "ratios": (8, 5, 4, 4), "dimension": 8}))
     with torch.no_grad():  # untrained codebooks are all zero (they start from data): every code would sound alike
         for layer in codec.quantizer.layers:

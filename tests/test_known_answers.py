@@ -10,18 +10,18 @@ import soundfile as sf
 import torch
 
 import data
-import discriminator
+import losses as discriminator
 import musicgen
-import sampling
+import musicgen as sampling
 from conditioners import ConditionDropout, Tokenizer
 from lm import LMConfig, LMModel
 from musicgen import MusicGen
 from rvq import VectorQuantizer
-from sampling import generate_codes, sample_next_tokens
-from spectral_codec import build_codec
+from musicgen import generate_codes, sample_next_tokens
+from encodec import EncodecModel
 from train import TINY_CODEC
 from data import CodeWindows, window_plan
-from train_lm import cosine_lr
+from stages import cosine_lr
 
 CARD = 16
 
@@ -124,7 +124,7 @@ def test_condition_dropout_nulls_text_and_melody_together_and_the_melody_alone()
 # ---- sliding windows past the training window --------------------------------------------------------
 def test_each_window_refeeds_the_previous_context_and_reads_the_melody_at_its_offset(monkeypatch):
     lm = tiny_lm(window_seconds=1.0)  # 25 frames
-    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+    codec = EncodecModel(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
                                                  "ratios": (8, 5, 4, 4), "dimension": 8}))
     model = MusicGen(codec.eval(), lm, Tokenizer(["<pad>", "<unk>", "tune"]))
     model.set_generation_params(duration=2.0, extend_stride=0.6)  # 50 frames, stride 15, overlap 10
@@ -220,7 +220,7 @@ def test_the_straight_through_estimator_passes_the_gradient_unchanged():
 
 def test_the_encoder_learns_from_the_reconstruction_through_the_quantizer():
     torch.manual_seed(0)
-    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+    codec = EncodecModel(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
                                                  "dimension": 8})).train()
     wav = torch.randn(2, 1, 3200)
     codec(wav)  # initialise the codebooks
@@ -277,7 +277,7 @@ def test_an_empty_description_is_the_null_condition_even_when_the_tokenizer_give
     """T5's tokenizer encodes "" as one token (</s>); MusicGen must still hand the LM an all-False mask
     for it (the null condition, as guidance's null half), and keep the other descriptions' tokens."""
     lm = tiny_lm()
-    codec = build_codec(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
+    codec = EncodecModel(TINY_CODEC.__class__(**{**TINY_CODEC.__dict__, "codebook_size": CARD, "n_filters": 4,
                                                  "ratios": (8, 5, 4, 4), "dimension": 8}))  # 25 Hz, as the LM
 
     class EndToken:  # like t5.UnigramTokenizer: every text ends in </s> (id 1), "" included

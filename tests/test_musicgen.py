@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lm import LMConfig, LMModel
-from sampling import generate_codes, sample_next_tokens
+from musicgen import generate_codes, sample_next_tokens
 from patterns import PATTERN_NAMES, make_pattern
 from transformer import Transformer
 

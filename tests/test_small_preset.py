@@ -2,7 +2,7 @@
 each stage on a CPU (it is meant for GPUs: this checks that it runs, not how well).
 
 The data: 4 toy clips synthesised at the paper's 32 kHz and 31 s long, so every clip holds one of the
-LM's 30 s windows (train_lm.py skips shorter clips; the default toy clips are 4 s). The seed gives 3
+LM's 30 s windows (stages.train_lm skips shorter clips; the default toy clips are 4 s). The seed gives 3
 training clips and 1 held-out clip. Batches of 2 codec crops and 1 LM window; the paper's are 64 and 192.
 
 Slow (all of it is in one module fixture): run with `python -m pytest -q -s -m slow tests/test_small_preset.py`;
@@ -18,11 +18,10 @@ import torch
 
 import toy
 import train
-import train_codec
-import train_lm
+import stages
 from encodec import EncodecConfig
 from lm import LMConfig, LMModel
-from spectral_codec import load_codec
+from encodec import load_codec
 
 # The held-out clip's description has words the 3 training clips lack: warned, read as <unk>.
 pytestmark = pytest.mark.filterwarnings("ignore:unknown word:UserWarning")
@@ -45,7 +44,7 @@ def small_run(tmp_path_factory):
     report = {}
 
     started = time.time()
-    report["codec_summary"] = train_codec.train_codec(out, data_dir, preset, max_steps=1, seed=0, device="cpu")
+    report["codec_summary"] = stages.train_codec(out, data_dir, preset, max_steps=1, seed=0, device="cpu")
     report["codec_seconds"], report["codec_peak_gb"] = time.time() - started, peak_rss_gb()
 
     # Every call of the LM's loss, recorded: (loss, with gradients?, when it started). The training step's
@@ -62,7 +61,7 @@ def small_run(tmp_path_factory):
     started = time.time()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LMModel, "compute_loss", recording)
-        report["lm_summary"] = train_lm.train_lm(out, data_dir, preset, max_steps=1, seed=0, device="cpu")
+        report["lm_summary"] = stages.train_lm(out, data_dir, preset, max_steps=1, seed=0, device="cpu")
     report["lm_seconds"], report["lm_peak_gb"] = time.time() - started, peak_rss_gb()
     report["lm_calls"] = calls
     train_step = next(i for i, call in enumerate(calls) if call[1])
@@ -79,7 +78,7 @@ def small_run(tmp_path_factory):
 @pytest.mark.slow
 def test_small_is_the_paper_but_the_text_encoder():
     """Every value is the paper's default but the text encoder (lm_lr is written out only to say that the
-    paper's 300M model used D-Adaptation, which train_lm.py does not have)."""
+    paper's 300M model used D-Adaptation, which stages.py does not have)."""
     assert train.PRESETS["small"] is train.SMALL
     assert train.SMALL.codec == EncodecConfig()
     assert replace(train.SMALL, lm=LMConfig()) == train.Preset()

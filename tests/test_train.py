@@ -12,8 +12,7 @@ import torch
 import data
 import toy
 import train
-import train_codec
-import train_lm
+import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,14 +201,14 @@ def test_lm_resume_continues_exactly(run, dataset, tmp_path, monkeypatch):
         out.mkdir()
         (out / "codec.pt").write_bytes((run / "codec.pt").read_bytes())
         losses.clear()
-        monkeypatch.setattr(train_lm, "tqdm", InterruptAt(interrupt))
+        monkeypatch.setattr(stages, "tqdm", InterruptAt(interrupt))
         if interrupt:
             with pytest.raises(KeyboardInterrupt):
-                train_lm.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
-            monkeypatch.setattr(train_lm, "tqdm", InterruptAt(None))
-            train_lm.train_lm(out, dataset, preset, max_steps=4, eval_every=1000, resume=True)
+                stages.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
+            monkeypatch.setattr(stages, "tqdm", InterruptAt(None))
+            stages.train_lm(out, dataset, preset, max_steps=4, eval_every=1000, resume=True)
         else:
-            train_lm.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
+            stages.train_lm(out, dataset, preset, max_steps=4, eval_every=1000)
         results[name] = (list(losses), torch.load(out / "lm.pt", weights_only=True))
     (straight_losses, straight), (resumed_losses, resumed) = results["straight"], results["resumed"]
     assert resumed["step"] == straight["step"] == 4
@@ -223,14 +222,14 @@ def test_codec_resume_continues_exactly(dataset, tmp_path, monkeypatch):
     weights = {}
     for name, interrupt in (("straight", None), ("resumed", 2)):
         out = tmp_path / name
-        monkeypatch.setattr(train_codec, "tqdm", InterruptAt(interrupt))
+        monkeypatch.setattr(stages, "tqdm", InterruptAt(interrupt))
         if interrupt:
             with pytest.raises(KeyboardInterrupt):
-                train_codec.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
-            monkeypatch.setattr(train_codec, "tqdm", InterruptAt(None))
-            train_codec.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2, resume=True)
+                stages.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
+            monkeypatch.setattr(stages, "tqdm", InterruptAt(None))
+            stages.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2, resume=True)
         else:
-            train_codec.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
+            stages.train_codec(out, dataset, preset, max_steps=4, eval_every=1000, n_valid=2)
         weights[name] = torch.load(out / "codec.pt", weights_only=True)["model"]
     for name, value in weights["straight"].items():
         assert torch.allclose(value, weights["resumed"][name], atol=1e-6), name
@@ -244,7 +243,7 @@ def test_the_papers_codec_training_is_one_switch_away(dataset, tmp_path, changes
     behaviour is a config switch, and training runs with it (its losses move the weights)."""
     codec_cfg = train.replace(train.TINY_CODEC, n_filters=4, dimension=8, **changes)
     preset = train.replace(train.TINY, codec=codec_cfg, codec_batch=2)
-    train_codec.train_codec(tmp_path, dataset, preset, max_steps=2, eval_every=1000, n_valid=2)
+    stages.train_codec(tmp_path, dataset, preset, max_steps=2, eval_every=1000, n_valid=2)
     ckpt = torch.load(tmp_path / "codec.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["config"]["spectral"] == codec_cfg.spectral
     if codec_cfg.adversarial:
