@@ -22,7 +22,7 @@ import torch
 
 from audio import AudioError, read_audio, write_audio
 from musicgen import MusicGen, check_generation_params
-from pretrained import PretrainedError
+from published.pretrained import PretrainedError
 
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from conditioners import TextEncoder, Tokenizer, ChromaExtractor
 from encodec import read_checkpoint
 from patterns import make_pattern
-from t5 import T5Config, T5Encoder
+from published.t5 import T5Config, T5Encoder
 from transformer import Linear, Transformer, linear
 
 TEXT_ENCODERS = ("t5", "scratch")

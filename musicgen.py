@@ -30,7 +30,7 @@ import torch
 from audio import resample
 from lm import LMModel, load_lm
 from encodec import load_codec
-from pretrained import load_pretrained
+from published.pretrained import load_pretrained
 from transformer import KVCache
 
 

@@ -2,7 +2,7 @@
 and on a manifest ten times as long (the same files listed ten times), each in a fresh process; the
 peak resident memory of the two is compared (the target: at most 200 MB more).
 
-    python benchmark.py --manifest-memory          # or: python -m experiments.manifest_memory
+    python -m experiments.benchmark --manifest-memory          # or: python -m experiments.manifest_memory
 
 The training stages read windows from disk and keep the LM's codes in a memory-mapped file, so only the
 manifest's entries, the files' lengths and the codes' index grow with the number of clips.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from encodec import EncodecConfig, EncodecModel
-from pretrained import HF_DEFAULTS, encodec_config_from_hf, encodec_from_hf
+from published.pretrained import HF_DEFAULTS, encodec_config_from_hf, encodec_from_hf
 
 transformers = pytest.importorskip("transformers")
 

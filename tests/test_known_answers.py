@@ -15,9 +15,8 @@ import musicgen
 import musicgen as sampling
 from conditioners import ConditionDropout, Tokenizer
 from lm import LMConfig, LMModel
-from musicgen import MusicGen
+from musicgen import MusicGen, generate_codes, sample_next_tokens
 from rvq import VectorQuantizer
-from musicgen import generate_codes, sample_next_tokens
 from encodec import EncodecModel
 from train import TINY_CODEC
 from data import CodeWindows, window_plan

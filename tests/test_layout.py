@@ -15,20 +15,32 @@ from encodec import EncodecConfig
 from lm import LMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
-MODEL_MODULES = ("rvq", "encodec", "losses", "patterns", "transformer",
-                 "conditioners", "t5", "lm", "musicgen", "pretrained", "audio")
+# The core at the top level; the published weights (published/) and the scripts (experiments/) apart.
+MODULES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "published").glob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
+MODEL_MODULES = ("rvq", "encodec", "losses", "patterns", "transformer", "conditioners", "published.t5", "lm",
+                 "musicgen", "published.pretrained", "audio")
+
+
+def module_name(path: Path) -> str:
+    """"lm" for lm.py, "published.t5" for published/t5.py."""
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+PROJECT = {module_name(path) for path in MODULES} | {"published", "experiments"}
 
 
 def project_imports(path):
     """(top-level imports of project modules, imports made inside functions) of one file."""
-    names = {p.stem for p in ROOT.glob("*.py")}
     tree = ast.parse(path.read_text())
     top, nested = set(), []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            found = [f.split(".")[0] for f in found if f.split(".")[0] in names]
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            else:  # `from published import t5` imports published.t5; `from lm import X` imports lm
+                found = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in PROJECT else node.module or ""
+                         for a in node.names]
+            found = [f for f in found if f in PROJECT]
             if node in tree.body:
                 top.update(found)
             else:
@@ -58,7 +70,7 @@ def test_no_import_cycle_and_no_import_inside_a_function():
     for path in MODULES:
         top, nested = project_imports(path)
         assert not nested, f"{path.name}: imports inside functions {nested}"
-        graph[path.stem] = top
+        graph[module_name(path)] = top
 
     def visit(module, stack):
         assert module not in stack, f"import cycle: {' -> '.join(stack + [module])}"
@@ -75,7 +87,7 @@ def test_model_modules_never_import_the_dataset(module):
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += project_imports(ROOT / f"{name}.py")[0]
+            todo += project_imports(ROOT / (name.replace(".", "/") + ".py"))[0]
     assert not seen & {"data", "ddp", "train", "stages", "evaluate"}, sorted(seen)
 
 

@@ -15,7 +15,7 @@ import torch
 
 import generate
 from musicgen import MusicGen
-from pretrained import PretrainedError, read_state_dict
+from published.pretrained import PretrainedError, read_state_dict
 from test_t5 import save_tokenizer
 from transformer import sinusoidal_positions
 

@@ -19,7 +19,7 @@ import torch
 
 from audio import write_audio
 from musicgen import MusicGen
-from pretrained import PretrainedError
+from published.pretrained import PretrainedError
 from test_musicgen_hf import CARD, DESCRIPTIONS, K, broken_copy, hf_text, randomize, save
 
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from pretrained import PretrainedError, read_config, read_safetensors, read_state_dict
+from published.pretrained import PretrainedError, read_config, read_safetensors, read_state_dict
 
 
 def tiny_musicgen():

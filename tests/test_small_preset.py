@@ -19,9 +19,8 @@ import torch
 import toy
 import train
 import stages
-from encodec import EncodecConfig
+from encodec import EncodecConfig, load_codec
 from lm import LMConfig, LMModel
-from encodec import load_codec
 
 # The held-out clip's description has words the 3 training clips lack: warned, read as <unk>.
 pytestmark = pytest.mark.filterwarnings("ignore:unknown word:UserWarning")

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from t5 import T5Config, T5Encoder, UnigramTokenizer, relative_position_bucket, t5_state_dict_from_hf
+from published.t5 import T5Config, T5Encoder, UnigramTokenizer, relative_position_bucket, t5_state_dict_from_hf
 
 MARK = "\u2581"
 

@@ -46,7 +46,7 @@ import torch
 
 from encodec import EncodecConfig, EncodecModel
 from lm import LMConfig, LMModel, t5_config
-from t5 import T5Config, UnigramTokenizer, t5_state_dict_from_hf
+from published.t5 import T5Config, UnigramTokenizer, t5_state_dict_from_hf
 
 
 class PretrainedError(ValueError):

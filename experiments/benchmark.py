@@ -1,9 +1,9 @@
 """Speed benchmarks for the README's measured figures; never part of the test run.
 
-    python benchmark.py --run runs/tiny            # a trained run (python train.py)
-    python benchmark.py                            # untrained tiny models: same speed, no run needed
-    python benchmark.py --pretrained musicgen-small --seconds 1 --rounds 2   # a published MusicGen
-    python benchmark.py --versus --config small --dtype bfloat16   # ours and HF transformers', side by side
+    python -m experiments.benchmark --run runs/tiny            # a trained run (python train.py)
+    python -m experiments.benchmark                            # untrained tiny models: same speed, no run needed
+    python -m experiments.benchmark --pretrained musicgen-small --seconds 1 --rounds 2   # a published MusicGen
+    python -m experiments.benchmark --versus --config small --dtype bfloat16   # ours and HF transformers', side by side
 
 Measures, on whatever machine runs it:
 - generation speed with and without the KV cache (pattern steps per second, 10 s of audio, CFG on):
@@ -37,11 +37,11 @@ from encodec import EncodecConfig, EncodecModel
 from experiments import manifest_memory
 from lm import LMConfig, LMModel
 from losses import ReconstructionLoss
-from musicgen import MusicGen
-from pretrained import models_from_hf
-from musicgen import generate_codes
-from encodec import EncodecModel
+from musicgen import MusicGen, generate_codes
+from published.pretrained import models_from_hf
 from stages import lm_config_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The reference (HF transformers, a test-only dependency), for --versus only; never needed to run our code.
 transformers = importlib.import_module("transformers") if importlib.util.find_spec("transformers") else None
@@ -336,9 +336,9 @@ def time_versus(config: str, dtype_name: str, seconds: float, rounds: int) -> di
     result = dict(config=config, dtype=dtype_name, steps=steps, cpu=cpu_name(), torch_threads=torch.get_num_threads(),
                   reference="HF transformers " + transformers.__version__ if transformers else "not installed")
     for name in fns:
-        command = [sys.executable, __file__, "--memory-of", name, "--config", config, "--dtype", dtype_name,
+        command = [sys.executable, "-m", "experiments.benchmark", "--memory-of", name, "--config", config, "--dtype", dtype_name,
                    "--seconds", str(seconds)]
-        peak = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        peak = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip().splitlines()[-1]
         result[f"{name}_steps_per_second"] = steps / best[name]
         result[f"{name}_peak_mb"] = float(peak)
         result[f"{name}_codec_decode_10s_seconds"] = decode[name]
