@@ -217,8 +217,8 @@ def ablate_patterns(run_dir, data_dir, steps=500, n=48, seed=0, device="cpu", pr
         out = run_dir / "ablation" / name
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(run_dir / "codec.pt", out / "codec.pt")  # the same frozen codec for every pattern
-        summary = stages.train_lm(out, data_dir, preset, pattern=name, max_steps=steps, seed=seed, device=device,
-                                 codes_dir=run_dir / "codes")
+        summary = stages.train_lm(out, data_dir, replace(preset, lm=replace(preset.lm, pattern=name)), max_steps=steps,
+                                  seed=seed, device=device, codes_dir=run_dir / "codes")
         model = MusicGen.load(out)
         sr = model.sample_rate
         if heldout is None:

@@ -248,7 +248,7 @@ def save_codec(codec, path, step, rank, optimizer, disc=None, disc_optimizer=Non
 
 
 # ==== Stage 2: the LM on the frozen codec's codes ====================================================
-def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0, device="cpu",
+def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
              resume=False, eval_every=250, codes_dir=None, rank=ddp.Rank(), micro_batch=0, workers=0,
              n_valid=256, compile=False):
     """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
@@ -272,7 +272,7 @@ def train_lm(out_dir, data_dir, preset, pattern="delay", max_steps=None, seed=0,
     entries = data.load_manifest(data_dir)
     folder = Path(codes_dir) if codes_dir is not None else out / "codes"
     index = encode_dataset(codec, data_dir, entries, folder, rank)
-    cfg = lm_config_for(codec, preset.lm, pattern=pattern)
+    cfg = lm_config_for(codec, preset.lm)
     window = cfg.window_frames
     splits = {}
     for split in ("train", "heldout"):

@@ -303,14 +303,6 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="tiny: minutes on a 2-core CPU (a bigger run: override fields, e.g. --lm.dim=384 --lm_steps=10000); "
                         "small: the paper's MusicGen-small for GPUs (clips of 30 s or more; see SMALL)")
-    p.add_argument("--pattern", default="delay",
-                   choices=["parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e"],
-                   help="codebook interleaving pattern of the LM (paper §2.2; default delay)")
-    p.add_argument("--input-codebooks", choices=["all", "1", "2", "3", "4"],
-                   help="codebooks the LM reads: a number, or 'all' (the paper); default: the preset's (tiny: 1)")
-    p.add_argument("--melody-fusion", choices=["prepend", "sum"],
-                   help="how the LM reads the melody: prepended chroma frames (the paper) or added to each step; "
-                        "default: the preset's")
     p.add_argument("--max-steps", type=int, help="override the preset's steps for the chosen stage(s)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size for the chosen stage(s)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate for the chosen stage(s)")
@@ -359,11 +351,6 @@ def run(args, rank):
             overrides[f"{stage}_batch"] = args.batch_size
         if args.lr is not None:
             overrides[f"{stage}_lr"] = args.lr
-    if args.input_codebooks is not None:
-        overrides["lm"] = replace(preset.lm, input_codebooks=None if args.input_codebooks == "all"
-                                  else int(args.input_codebooks))
-    if args.melody_fusion is not None:
-        overrides["lm"] = replace(overrides.get("lm", preset.lm), melody_fusion=args.melody_fusion)
     try:
         preset = apply_overrides(replace(preset, **overrides), args.overrides)
     except ValueError as error:
@@ -371,9 +358,9 @@ def run(args, rank):
     check_numbers(args, preset)
     if args.stage in ("lm", "all"):  # a pattern the LM could not read fails now, not after the codec stage
         try:
-            check_input_codebooks(replace(preset.lm, n_q=preset.codec.n_q, pattern=args.pattern))
+            check_input_codebooks(replace(preset.lm, n_q=preset.codec.n_q))
         except ValueError as error:
-            raise SystemExit(f"error: {error} (train.py --input-codebooks all)")
+            fail(f"{error} (train.py --lm.input_codebooks=none reads all)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -396,7 +383,7 @@ def run(args, rank):
     ddp.barrier(rank)  # codec.pt is written (by rank 0) before any process reads it
     if args.stage in ("lm", "all"):
         t0 = time.time()
-        train_lm(out, data_dir, preset, pattern=args.pattern, compile=args.compile, **common)
+        train_lm(out, data_dir, preset, compile=args.compile, **common)
         timings["lm"] = time.time() - t0
         if rank.main:
             t0 = time.time()

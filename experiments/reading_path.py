@@ -1,5 +1,5 @@
 """The reading path, measured: which functions a short tiny `train.py` run and one `generate.py --run`
-execute, and how many lines those functions span, per file.
+execute, and how many lines those functions span, per file (the toy dataset built beforehand).
 
     pip install coverage && python -m experiments.reading_path
 
@@ -59,7 +59,10 @@ def main():
     if coverage is None:
         sys.exit("error: this measurement needs coverage.py (pip install coverage)")
     with tempfile.TemporaryDirectory() as tmp:
-        # Run from the temporary folder, so that train.py builds its toy dataset (data/toy) there.
+        # Run from the temporary folder, on a toy dataset (data/toy) built there first, outside the
+        # measurement: the data is prepared once (as nanoGPT's prepare.py), the path is what a run reads.
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import toy; "
+                        "toy.make_toy_dataset('data/toy', n=24, seed=0)"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
         coverage_run = [sys.executable, "-m", "coverage", "run", "--parallel-mode", f"--data-file={tmp}/.coverage"]
         train_cmd = coverage_run + [str(ROOT / "train.py"), "--out=run", "--n_clips=24", "--codec_steps=4",
                                     "--lm_steps=4", "--codec_batch=4", "--lm_batch=4", "--eval-every=2"]

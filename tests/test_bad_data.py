@@ -114,6 +114,17 @@ def test_numbers_out_of_range_are_one_line_and_exit_code_2(flag, value, folder, 
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and flag.split("=")[0] in lines[0]
 
 
+@pytest.mark.parametrize("option, says", [("--lm.pattern=bogus", "unknown pattern 'bogus'"),
+                                          ("--lm.pattern=flatten", "--lm.input_codebooks=none")])
+def test_a_pattern_the_lm_cannot_read_is_refused_before_the_codec_trains(option, says, folder, tmp_path):
+    """The pattern is one config field (--lm.pattern): an unknown name, or a pattern the tiny LM (which
+    reads codebook 1 only) could not read, fails in one line before any work."""
+    result = run_train(folder, tmp_path, option)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and says in lines[0], lines
+    assert not (tmp_path / "run" / "codec.pt").exists()
+
+
 def test_clips_all_shorter_than_the_lm_window_are_refused_before_the_codec_trains(folder, tmp_path):
     result = run_train(folder, tmp_path, "--lm.window_seconds=30")
     assert result.returncode == 2 and "at least 30 s long" in result.stderr and not (tmp_path / "run" / "codec.pt").exists()
