@@ -18,7 +18,7 @@ more than the work itself on a decoding step's small ones). Only inference is tu
 generation, evaluation); training takes the plain forms. Every candidate computes what the plain form
 computes (tests/test_fast_paths.py: each form, forced, gives the plain form's tokens in float32).
 `FORCED` pins an operation's form by name; `decisions()` reports what was measured and chosen
-(benchmark.py prints it).
+(experiments/benchmark.py prints it).
 """
 import time
 

@@ -430,7 +430,7 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
 
 
 def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -> tuple:
-    """HF's config dict and state dict (from a folder, or from a model in memory: benchmark.py) → our
+    """HF's config dict and state dict (from a folder, or from a model in memory: experiments/benchmark.py) → our
     (codec, lm) in float32. chroma_sizes: read_chroma_sizes' dict, for a melody model."""
     text, audio, decoder = supported_configs(config, where)
     melody = config["model_type"] == "musicgen_melody"

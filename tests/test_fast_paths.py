@@ -2,7 +2,7 @@
 transformer.Linear (x·Wᵀ or (W·xᵀ)ᵀ, with or without oneDNN), for the FFN's GELU and for half-precision
 attention on a CPU; and the SEANet codec's in-place activations and sums and channels-last transposed
 convs. Which form is fastest is measured on the machine (autotune.py, tests/test_autotune.py) and
-reported by benchmark.py; here only that no choice changes anything a user could hear."""
+reported by experiments/benchmark.py; here only that no choice changes anything a user could hear."""
 import copy
 
 import pytest
