@@ -284,11 +284,7 @@ class LMModel(nn.Module):
         """
         B, K, S = sequence.shape
         assert K == self.cfg.n_q, f"sequence has {K} codebooks, the LM expects {self.cfg.n_q}"
-        # Σ_k Emb_k(x_k) over the codebooks read (the paper: all K): the streams of one step become one vector.
-        low, high = torch.aminmax(sequence)
-        if low < 0 or high > self.special:
-            raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
-        x = sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))  # K_in × (B, S, D) -> (B, S, D)
+        x = self.embed(sequence)  # (B, K, S) -> (B, S, D)
         prefix = conditions.prefix
         P = 0 if prefix is None else prefix.shape[1]
         fresh = cache is None or cache.length == 0  # nothing fed yet: the prefix goes in front
@@ -299,6 +295,15 @@ class LMModel(nn.Module):
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, S, D) -> (B, P + S, D)
         x = self.transformer(x, condition=conditions.cross, condition_mask=conditions.cross_mask, cache=cache)
         return self.apply_heads(x[:, -S:])  # (B, S, D) -> (B, K, S, card): the prefix predicts nothing
+
+    def embed(self, sequence):
+        """§2.3: the K streams of a step become one vector, x_s = Σ_k Emb_k(sequence[:, k, s]), summed over
+        the codebooks read (the paper: all K; `embeddings` holds one table per codebook read, each of
+        codebook_size + 1 rows: the special token is the last). sequence (B, K, S) -> x (B, S, D)."""
+        low, high = torch.aminmax(sequence)
+        if low < 0 or high > self.special:
+            raise ValueError(f"tokens must be in [0, {self.special}], got [{int(low)}, {int(high)}]")
+        return sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))  # K_in × (B, S, D) -> (B, S, D)
 
     def apply_heads(self, h):
         """The K linear heads on the hidden states h (B, S, D) -> logits (B, K, S, card), logits_k = h·W_kᵀ.

@@ -68,6 +68,13 @@ def sample_next_tokens(logits, use_sampling=True, temperature=1.0, top_k=250, to
     return torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True).squeeze(-1)  # (B, K, 1) -> (B, K)
 
 
+def guidance(cond, null, cfg_coef: float):
+    """Classifier-free guidance (§3; Ho & Salimans 2022): l = l_null + γ·(l_cond − l_null), γ = cfg_coef.
+    γ = 1 is the conditional model alone; γ > 1 moves further away from the unconditional logits.
+    cond, null: (B, K, card) logits with and without the condition -> (B, K, card)."""
+    return null + cfg_coef * (cond - null)
+
+
 @torch.inference_mode()  # like no_grad, minus autograd's version bookkeeping (a cost on every small op)
 def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=3.0,
                    use_sampling=True, temperature=1.0, top_k=250, top_p=0.0, generator=None, use_cache=True):
@@ -112,9 +119,7 @@ def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=
         logits = lm(step_input, conditions, cache=cache)[:, :, -1]  # (B', K, card)
         fed = s
         if cfg_coef is not None:
-            # CFG mix (§3): l = l_null + γ·(l_cond − l_null); γ = 1 is the conditional model alone.
-            cond, null = logits.chunk(2)
-            logits = null + cfg_coef * (cond - null)
+            logits = guidance(*logits.chunk(2), cfg_coef)  # (2B, K, card) -> (B, K, card)
         tokens = sample_next_tokens(logits, use_sampling, temperature, top_k, top_p, generator)  # (B, K)
         # Write only where the pattern has a real token still unknown: the prompt is never overwritten.
         write = sequence[..., s] == unknown

@@ -118,19 +118,26 @@ def dot_product_attention(q, k, v, mask, is_causal, impl):
     if impl == "sdpa":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
     elif impl == "manual":
-        # Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + M) V      (Vaswani et al., 2017, eq. 1)
-        # with M = 0 where attending is allowed and -inf where not.
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Sq, Dh) @ (B, H, Dh, Sk) -> (B, H, Sq, Sk)
-        if is_causal:
-            mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        out = scores.softmax(dim=-1) @ v  # (B, H, Sq, Sk) @ (B, H, Sk, Dh) -> (B, H, Sq, Dh)
+        out = manual_attention(q, k, v, causal_mask(q.shape[2], k.shape[2], q.device) if is_causal else mask)
     else:
         raise ValueError(f"attention impl must be 'sdpa' or 'manual', got {impl!r}")
     if has_key is not None:
         out = out.masked_fill(~has_key, 0.0)  # rows with no valid key contribute exactly nothing
     return out
+
+
+def manual_attention(q, k, v, mask=None):
+    """The paper's form (Vaswani et al., 2017, eq. 1), written out:
+
+        Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V,   M = 0 where attending is allowed, −∞ where not.
+
+    q (B, H, Sq, Dh), k, v (B, H, Sk, Dh); mask: bool broadcastable to (B, H, Sq, Sk), True = may
+    attend, or None. A row must have at least one key it may attend to (dot_product_attention sees to
+    it). Returns (B, H, Sq, Dh)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Sq, Dh) @ (B, H, Dh, Sk) -> (B, H, Sq, Sk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, H, Sq, Sk) @ (B, H, Sk, Dh) -> (B, H, Sq, Dh)
 
 
 def attention_in_float32(q, k, v, mask, is_causal, impl):

@@ -128,4 +128,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module course.grading, not as __main__: the exercises raise course.grading.Wrong, and a
+    # second copy of this file under the name __main__ would have a Wrong class of its own.
+    import course.grading
+    sys.exit(course.grading.main())
