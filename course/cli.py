@@ -109,6 +109,7 @@ def command_start(args):
         path = ROOT / e.project
         if path.exists():
             fail(f"{e.project} exists already; move it away to start project {e.number} afresh")
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(e.template)
         state[str(e.number)] = dict(originals={})
         save_state(state)

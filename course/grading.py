@@ -15,6 +15,7 @@ short reference form of its own, so blanking one exercise never breaks another's
     python -m course.grading 3 --json   # one JSON line per check (the self-check reads these)
 """
 import importlib
+import importlib.util
 import json
 import sys
 import time
@@ -71,6 +72,19 @@ def planted(number: int):
     (a handout has no course/planted/)."""
     path = next(PLANTED.glob(f"ex{number:02d}_*.py"), None) if PLANTED.is_dir() else None
     return importlib.import_module(f"course.planted.{path.stem}") if path else None
+
+
+def load_project(exercise):
+    """The student's file of a project (exercise.project) as a module; NotImplementedError (reported
+    as "not written yet") while it does not exist."""
+    path = ROOT / exercise.project
+    if not path.exists():
+        raise NotImplementedError(f"project {exercise.number}: `python -m course start {exercise.number}` "
+                                  f"creates {exercise.project}")
+    spec = importlib.util.spec_from_file_location(f"project_{exercise.number}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def checks(module) -> list:

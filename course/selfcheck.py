@@ -54,6 +54,7 @@ def blank_in(copy: Path, exercise):
     """Blank `exercise` in the copy; returns the files' originals to restore."""
     originals = {}
     if exercise.project:
+        (copy / exercise.project).parent.mkdir(parents=True, exist_ok=True)
         (copy / exercise.project).write_text(exercise.template)
         return {exercise.project: None}
     for file, name in exercise.blanks:
@@ -100,6 +101,7 @@ def check_exercise(copy: Path, number: int, exercise, others: list) -> list:
             problems.append(f"mistake {mistake.name!r}: its original text occurs {reference.count(mistake.original)} "
                             f"times in {mistake.file} (must be once: the list must follow the code)")
             continue
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(reference.replace(mistake.original, mistake.planted))
         results = grade(copy, [number])
         failing = [r for r in results if r["status"] != "ok"]
@@ -116,6 +118,7 @@ def check_exercise(copy: Path, number: int, exercise, others: list) -> list:
         problems.append("no planted mistake")
     # 3. the reference passes, each check within the budget
     if exercise.project and solution is not None:
+        (copy / exercise.project).parent.mkdir(parents=True, exist_ok=True)
         (copy / exercise.project).write_text(solution)
     results = grade(copy, [number])
     if exercise.project:
