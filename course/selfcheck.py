@@ -71,7 +71,7 @@ def restore(copy: Path, originals: dict):
             (copy / file).write_text(text)
 
 
-def check_exercise(copy: Path, number: int, exercise, others: list) -> list:
+def check_exercise(copy: Path, number: int, exercise, others: dict) -> list:
     """The four proofs for one exercise: a list of problems (empty: all hold) and a timing line."""
     problems = []
     instructor = planted(number)
@@ -82,9 +82,16 @@ def check_exercise(copy: Path, number: int, exercise, others: list) -> list:
     if not_todo:
         problems.append(f"blank: {len(not_todo)} check(s) did not report the blank, e.g. "
                         f"{not_todo[0]['check']!r}: {not_todo[0]['status']} {not_todo[0]['message'][:160]}")
-    # 4. meanwhile, the other exercises must not notice the blank
+    # 4. meanwhile, the other exercises must not notice the blank (the other projects: their solutions)
     if others:
-        broken = [r for r in grade(copy, others) if r["status"] != "ok"]
+        solved = {}
+        for other, other_exercise in others.items():
+            if other_exercise.project:
+                solved[other_exercise.project] = None
+                (copy / other_exercise.project).parent.mkdir(parents=True, exist_ok=True)
+                (copy / other_exercise.project).write_text(planted(other).SOLUTION)
+        broken = [r for r in grade(copy, list(others)) if r["status"] != "ok"]
+        restore(copy, solved)
         if broken:
             problems.append(f"blanking {number} breaks exercise {broken[0]['exercise']}: {broken[0]['check']!r}: "
                             f"{broken[0]['message'][:160]}")
@@ -148,7 +155,7 @@ def main(numbers=None) -> int:
                 shutil.copy2(ROOT / file, copy / file)
         for number in chosen:
             started = time.time()
-            others = [n for n in sorted(exercises) if n != number]
+            others = {n: exercises[n] for n in sorted(exercises) if n != number}
             problems, timing = check_exercise(copy, number, exercises[number], others)
             verdict = "ok  " if not problems else "FAIL"
             print(f"{verdict} {number:2d} {exercises[number].title}: {timing}; {time.time() - started:.0f} s", flush=True)

@@ -145,9 +145,12 @@ def check_commitment_gradient():
                     "quantized vector, not x (F.mse_loss(x, quantized.detach()))")
     commitment.backward()
     expected = 2 * (latents() - CODEBOOK[CODES].transpose(1, 2)) / 12
-    if x.grad is None or not torch.allclose(x.grad, expected, atol=1e-6):
-        raise Wrong("the commitment loss's gradient w.r.t. x should be 2 (x − q) / 12: is it computed against "
-                    "the straight-through output instead of quantized.detach() (its gradient cancels)?")
+    if x.grad is None or not torch.count_nonzero(x.grad):
+        raise Wrong("the commitment loss's gradient w.r.t. x is zero: is it computed against the straight-through "
+                    "output (whose gradient cancels x's) instead of quantized.detach()?")
+    if not torch.allclose(x.grad, expected, atol=1e-6):
+        raise Wrong("the commitment loss's gradient w.r.t. x should be 2 (x − q) / 12, q the chosen entries in x's "
+                    "(B, D, T) layout: F.mse_loss(x, quantized.detach()), the mean over all elements")
 
 
 def check_eval_leaves_the_codebook_alone():
@@ -182,9 +185,12 @@ def check_training_updates_in_order():
         raise Wrong(f"a training step called {names}; expected init_kmeans (first batch only), then ema_update, "
                     "then revive_dead_codes, each once")
     _, init_rows, _ = first[0]
-    if tuple(init_rows.shape) != (6, 2) or not torch.equal(torch.unique(init_rows, dim=0), torch.unique(rows, dim=0)):
+    if tuple(init_rows.shape) != (6, 2):
         raise Wrong(f"init_kmeans should get the M = B·T = 6 latent vectors as rows (6, 2), "
-                    f"got {tuple(init_rows.shape)}: transpose (B, D, T) to (B, T, D) before flattening")
+                    f"got {tuple(init_rows.shape)}")
+    if not torch.equal(torch.unique(init_rows, dim=0), torch.unique(rows, dim=0)):
+        raise Wrong("init_kmeans got rows that are not the latent vectors x[b, :, t]: transpose (B, D, T) to "
+                    "(B, T, D) before flattening to (B·T, D)")
     _, ema_rows, ema_indices = first[1]
     if not torch.equal(ema_rows, rows) or not torch.equal(ema_indices, CODES.reshape(-1)):
         raise Wrong("ema_update should get the (B·T, D) rows and the indices assign gave them, "

@@ -96,7 +96,11 @@ def compare(name: str, pattern, T: int, expected: dict, n_steps: int):
     """The student's layout of `pattern` against the expected {(k, t): s} and S."""
     K = pattern.n_q
     what = f"{name} (delays {tuple(pattern.delays)}), T={T}"
-    layout = pattern.layout(T)
+    try:
+        layout = pattern.layout(T)
+    except IndexError as error:
+        raise Wrong(f"{what}: layout indexed past its S = num_steps(T) = {n_steps} steps ({error}): token (k, t) "
+                    "goes to step 1 + t + delays[k] < S; is the delay of codebook k read from self.delays[k]?") from None
     if not isinstance(layout, (list, tuple)):
         raise Wrong(f"{what}: layout must return a list of steps, got {type(layout).__name__}")
     if len(layout) and len(layout[0]):

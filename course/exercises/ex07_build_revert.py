@@ -50,7 +50,7 @@ class HandDelay(Pattern):
         return layout
 
 
-def check_build(pattern, codes, expected, label: str):
+def compare_build(pattern, codes, expected, label: str):
     """Compare build(codes, SPECIAL) with the expected sequence (B, K, S); the mask is where it is real."""
     got = pattern.build(codes, SPECIAL)
     if not isinstance(got, tuple) or len(got) != 2:
@@ -92,17 +92,17 @@ def check_known_delay():
                           [[41, 42], [51, 52], [61, 62]]])
     expected = torch.tensor([[[99, 11, 12, 99, 99], [99, 99, 21, 22, 99], [99, 99, 99, 31, 32]],
                              [[99, 41, 42, 99, 99], [99, 99, 51, 52, 99], [99, 99, 99, 61, 62]]])
-    check_build(HandDelay(3), codes, expected, "delay, K=3, T=2")
+    compare_build(HandDelay(3), codes, expected, "delay, K=3, T=2")
 
 
 def check_known_flatten_and_vall_e():
     """Flatten (K=2, T=2) and vall-e (K=3, T=2): their sequences, by hand."""
     codes = torch.tensor([[[11, 12], [21, 22]]])
     expected = torch.tensor([[[99, 11, 99, 12, 99], [99, 99, 21, 99, 22]]])  # (k, t) at 1 + 2t + k
-    check_build(FlattenPattern(2), codes, expected, "flatten, K=2, T=2")
+    compare_build(FlattenPattern(2), codes, expected, "flatten, K=2, T=2")
     codes = torch.tensor([[[11, 12], [21, 22], [31, 32]]])
     expected = torch.tensor([[[99, 11, 12, 99, 99], [99, 99, 99, 21, 22], [99, 99, 99, 31, 32]]])
-    check_build(VallEPattern(3), codes, expected, "vall-e, K=3, T=2")
+    compare_build(VallEPattern(3), codes, expected, "vall-e, K=3, T=2")
 
 
 def check_revert_known():
