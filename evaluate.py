@@ -38,6 +38,8 @@ from audio import PEAK, stack_wavs, write_audio
 from metrics import chroma_cosine, codec_metrics, frechet_distance, kl_divergence
 from musicgen import MusicGen
 from patterns import PATTERN_NAMES, make_pattern
+from pictures import chromagram_png, line_chart_svg, spectrogram_png
+from conditioners import ChromaExtractor
 from probe import batched, beat_strength, check_probe, load_or_train_probe, mean, probe_accuracy, probe_outputs
 
 
@@ -134,8 +136,9 @@ def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out
         "n_items": len(items), "seed": seed, "duration": duration,
         "probe_per_attribute": probe_report["per_attribute"], "table1": table1, "table2": table2,
     }
-    # The listening page: the first n_listen items, one row each, every condition side by side.
-    rows = []
+    # The listening page: the first n_listen items, one row each, every condition side by side, each
+    # with its spectrogram; the melody stem and the melody-conditioned take also with their chromagrams.
+    rows, extractor = [], ChromaExtractor(sr, argmax=False)
     for i, clip in enumerate(items[:n_listen]):
         takes = [("real clip", clip.wav), ("melody stem (chroma source)", stack_melodies([clip])[0]),
                  ("real clip through the codec", recon[i])] + [(name, audio[name][i]) for name in audio]
@@ -143,17 +146,24 @@ def evaluate_run(run_dir, data_dir, n=48, seed=0, batch_size=16, n_listen=4, out
         for j, (name, wav) in enumerate(takes):
             path = out_dir / "samples" / f"item{i}_{j}.wav"
             write_audio(path, wav.cpu(), sr)  # peak-normalised to audio.PEAK, like every file we write
+            path.with_suffix(".png").write_bytes(spectrogram_png(wav, sr))
+            if name in ("melody stem (chroma source)", MELODY, TEXT):  # Table 2's comparison, by eye
+                chroma = extractor(wav.float().cpu().reshape(1, 1, -1))[0]
+                path.with_name(path.stem + "_chroma.png").write_bytes(chromagram_png(chroma, extractor.frame_rate))
             same = next((other for other, earlier in takes[:j] if torch.equal(earlier, wav)), None)
             cells.append((name, path.relative_to(out_dir).as_posix(), f"same audio as {same}" if same else ""))
         rows.append((clip.description, cells))
+    results["listening_rows"] = rows
     results["listening_page"] = str(write_listening_page(out_dir, rows, results_markdown(results)))
     return results
 
 
-def write_listening_page(out_dir, rows, metrics_markdown="", title="MusicGen from scratch: evaluation samples"):
-    """One HTML page: the metrics tables, then one table row per description with a player for every
-    condition side by side. rows: [(description, [(condition, relative wav path, note)])]; the
-    conditions of the first row head the columns. Players load their metadata, so they show a duration."""
+def write_listening_page(out_dir, rows, metrics_markdown="", title="MusicGen from scratch: evaluation samples",
+                         table3=None):
+    """One HTML page: the metrics tables (and Table 3 as a chart, when the ablation ran), then one table
+    row per description with a player for every condition side by side, each under its spectrogram
+    (X.png beside X.wav) and, where written, its chromagram (X_chroma.png). rows: [(description,
+    [(condition, relative wav path, note)])]; the conditions of the first row head the columns."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = lambda text: html.escape(str(text), quote=True)
@@ -179,18 +189,31 @@ def write_listening_page(out_dir, rows, metrics_markdown="", title="MusicGen fro
             lines.append(f"<p>{esc(line.replace('**', ''))}</p>")
     if table:
         lines.append("<table>" + "".join(table) + "</table>")
+    if table3:  # Table 3 as a chart: held-out NLL per codebook, one line per pattern
+        K = len(next(iter(table3.values()))["valid_nll_per_codebook"])
+        lines.append(line_chart_svg({name: (list(range(1, K + 1)), row["valid_nll_per_codebook"])
+                                     for name, row in table3.items()}, "codebook k", "held-out NLL (nats)",
+                                    title="Table 3: the interleaving patterns", width=620, height=320))
     if rows:
         columns = [name for name, _, _ in rows[0][1]]
         lines.append("<h2>Samples</h2><table><tr><th>description</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
         for description, cells in rows:
             lines.append(f"<tr><td>{esc(description)}</td>" + "".join(
-                f"<td><audio controls preload='metadata' src='{esc(path)}'></audio>"
+                f"<td>{pictures_of(out_dir, path)}<audio controls preload='metadata' src='{esc(path)}'></audio>"
                 + (f"<br><small>{esc(note)}</small>" if note else "") + "</td>" for _, path, note in cells) + "</tr>")
         lines.append("</table>")
     lines.append("</body></html>")
     page = out_dir / "index.html"
     page.write_text("\n".join(lines) + "\n")
     return page
+
+
+def pictures_of(out_dir: Path, wav_path: str) -> str:
+    """The <img> tags of the spectrogram and chromagram written beside a sample, those that exist."""
+    stem = wav_path.removesuffix(".wav")
+    return "".join(f"<img src='{html.escape(stem + suffix, quote=True)}' alt='{what}' style='display:block;width:16em'>"
+                   for suffix, what in ((".png", "spectrogram"), ("_chroma.png", "chromagram"))
+                   if (out_dir / (stem + suffix)).exists())
 
 
 # ==== Table 3: the interleaving patterns ==============================================================
@@ -322,7 +345,9 @@ def main(argv=None):
     (json_path.parent / "results.md").write_text(markdown)
     print(markdown)
     print(f"wrote {json_path} and {json_path.parent / 'results.md'} in {time.perf_counter() - started:.0f} s")
-    if "listening_page" in results:
+    if "listening_rows" in results:  # both commands rewrite the page: Tables 1-2's samples, Table 3's chart
+        results["listening_page"] = str(write_listening_page(json_path.parent, results["listening_rows"], markdown,
+                                                             table3=results.get("table3")))
         print(f"listen: open {results['listening_page']} in a browser")
 
 

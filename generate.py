@@ -22,6 +22,7 @@ import torch
 
 from audio import AudioError, read_audio, write_audio
 from musicgen import MusicGen, check_generation_params
+from pictures import spectrogram_png
 from published.pretrained import PretrainedError
 
 def fail(message: str):
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens (paper: 250)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling; > 0 replaces top-k")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+    p.add_argument("--spectrogram", action="store_true", help="also write OUT.png, the spectrogram, beside OUT.wav")
     return p.parse_args(argv)
 
 
@@ -119,6 +121,9 @@ def main(argv=None):
     for path, wav in zip(paths, audio):
         write_audio(path, wav.cpu(), model.sample_rate)
         print(f"wrote {path} ({wav.shape[-1] / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
+        if args.spectrogram:
+            path.with_suffix(".png").write_bytes(spectrogram_png(wav, model.sample_rate))
+            print(f"wrote {path.with_suffix('.png')} (its spectrogram)")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import data
 import ddp
+import page
 from audio import load_audio, stack_wavs, write_audio
 from conditioners import ConditionDropout, Tokenizer, word_dropout
 from encodec import EncodecConfig, EncodecModel, load_codec
@@ -42,6 +43,7 @@ from lm import LMConfig, LMModel, save_lm
 from losses import (MSSTFTDiscriminator, ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
                     generator_adversarial_loss)
 from metrics import codec_metrics
+from musicgen import MusicGen
 from rvq import perplexity
 
 
@@ -124,7 +126,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     codec.train()
     bar = tqdm(total=max_steps, initial=step, desc="codec", dynamic_ncols=True, disable=not rank.main)
     started = time.time()
-    valid, losses = None, []
+    valid, losses, curve = None, [], []  # curve: [step, loss, mel term, codes in use per level] for the page
     try:
         while step < max_steps:
             # Two cosine cycles: the warm-up anneals the autoencoder (pitch appears as the lr comes
@@ -181,10 +183,12 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             step += 1
             loss, mel = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(mel_sum, rank)
             losses.append(loss.item())
+            usage = perplexity(codes, cfg.codebook_size) if quantize else None
+            curve.append([step, loss.item(), mel.item(), usage])
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", mel=f"{mel.item():.3f}", n_q=codes.shape[1] if quantize else 0,
-                            usage="/".join(f"{p:.0f}" for p in perplexity(codes, cfg.codebook_size)) if quantize
-                            else "warm-up")
+                            usage="/".join(f"{p:.0f}" for p in usage) if quantize else "warm-up")
+            evaluation = None
             if rank.main and ((step % eval_every == 0 and step > warmup_steps) or step == max_steps):
                 valid, _ = codec_metrics(codec, valid_wav, per_n_q=True)
                 codec.train()
@@ -193,6 +197,10 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                            f"SI-SNR {valid['si_snr_db']:.1f} dB, chroma cosine {valid['chroma_cosine']:.2f}, perplexity "
                            f"{' / '.join(f'{p:.0f}' for p in valid['perplexity'])} of {cfg.codebook_size}")
                 save_codec(codec, ckpt_path, step, rank, optimizer, disc, disc_optimizer)
+                evaluation = dict(step=step, mel_distance=valid["mel_distance"])
+            if rank.main and (step % eval_every == 0 or step == max_steps):  # the training page (page.py)
+                page.record(out, "codec", curve, evaluation, codebook_size=cfg.codebook_size)
+                curve = []
     except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
         if rank.main:
             tqdm.write(f"stopped: saving the codec at step {step} to {ckpt_path} (continue with --resume)")
@@ -210,6 +218,7 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     for i in range(min(3, len(valid_wavs))):
         write_audio(samples / f"{i}_original.wav", valid_wavs[i], cfg.sample_rate)
         write_audio(samples / f"{i}_reconstruction.wav", recon[i], cfg.sample_rate)
+    page.reconstructions(out, valid_wavs[:3], recon[:3], cfg.sample_rate)
     print(f"codec reconstructions in {samples}")
     return dict(valid, steps=step, seconds=seconds, losses=losses)
 
@@ -250,11 +259,12 @@ def save_codec(codec, path, step, rank, optimizer, disc=None, disc_optimizer=Non
 # ==== Stage 2: the LM on the frozen codec's codes ====================================================
 def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
              resume=False, eval_every=250, codes_dir=None, rank=ddp.Rank(), micro_batch=0, workers=0,
-             n_valid=256, compile=False):
+             n_valid=256, compile=False, snapshots=()):
     """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
     `codes_dir` (default out_dir/codes) holds the encoded dataset; several runs on one codec can share
     it (the pattern ablation trains six LMs on the same codes). `rank`, `micro_batch`, `workers`: as
-    train_codec's; `compile`: torch.compile the LM (opt-in; for GPUs).
+    train_codec's; `compile`: torch.compile the LM (opt-in; for GPUs); `snapshots`: fractions of the stage
+    at which fixed prompts are generated for the training page (train.py: page.SNAPSHOTS).
 
     Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps (rank 0).
     """
@@ -332,11 +342,15 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
              for s in range(step, max_steps))
     batches = iter(data.plan_loader(train["windows"], (ddp.shard(plan, rank) for plan in plans), workers))
 
+    # ---- the training page's samples: the same prompts at fixed fractions of the stage (page.py) ----
+    snapshot_steps = {max(1, round(f * max_steps)) for f in snapshots}
+    prompts = page_prompts(data_dir, codec.sample_rate) if rank.main and snapshot_steps else None
+
     # ---- loop ----
     lm.train()
     bar = tqdm(total=max_steps, initial=step, desc="lm", dynamic_ncols=True, disable=not rank.main)
     tokens_seen, started = 0, time.time()
-    valid, losses = None, []
+    valid, losses, curve = None, [], []  # curve: [step, loss, cross-entropy per codebook] for the page
     try:
         while step < max_steps:
             # lr schedule: warmup + cosine (paper §4.1)
@@ -370,6 +384,7 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             loss, per_codebook = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(per_codebook_sum, rank)
             tokens_seen += batch_codes.numel() * rank.world
             losses.append(loss.item())
+            curve.append([step, loss.item(), per_codebook.tolist()])
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", per_k="/".join(f"{x:.2f}" for x in per_codebook.tolist()),
                             tok_s=f"{tokens_seen / (time.time() - started):.0f}")
@@ -382,6 +397,14 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                            f"per codebook {[round(x, 3) for x in valid.tolist()]} "
                            f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
                 save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)  # rank 0 alone saves
+                page.record(out, "lm", curve, dict(step=step, heldout=valid.tolist()), codebook_size=cfg.codebook_size,
+                            tokens_per_second=tokens_seen / (time.time() - started))
+                curve = []
+            if rank.main and step in snapshot_steps:  # samples along the way; the next step reseeds
+                page.record(out, "lm", curve, codebook_size=cfg.codebook_size)
+                curve = []
+                page.snapshot(out, step, max_steps, MusicGen(codec, lm, tokenizer), prompts)
+                lm.train()
     except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
         if rank.main:
             tqdm.write(f"stopped: saving the LM at step {step} to {resume_path} (continue with --resume)")
@@ -400,6 +423,15 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
 
 
 # ---- what stage 2 calls ------------------------------------------------------------------------------
+def page_prompts(data_dir, sample_rate) -> dict:
+    """The training page's fixed prompts: two held-out descriptions and the first one's melody."""
+    clips = (data.load_clips(data_dir, sample_rate, split="heldout", limit=2)
+             or data.load_clips(data_dir, sample_rate, limit=2))
+    melody = clips[0].melody_wav if clips[0].melody_wav is not None else clips[0].wav
+    return dict(descriptions=[c.description for c in clips], melody=melody,
+                melody_description=clips[-1].description)
+
+
 def batch_conditions(lm, tokenizer, descriptions, melody, condition_dropout=None, dropped=None):
     """Descriptions + melody audio → token ids (B, L), mask (B, L), chroma (B, F, 12) on the LM's device;
     with `dropped` (this rank's slice of the condition-dropout draws) the dropped conditions are nulled."""

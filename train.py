@@ -25,11 +25,13 @@ import torch
 
 import data
 import ddp
+import page
 import toy
 from audio import write_audio
 from encodec import EncodecConfig
 from lm import LMConfig, check_input_codebooks
 from musicgen import MusicGen
+from patterns import make_pattern
 from stages import train_codec, train_lm
 
 
@@ -171,6 +173,16 @@ def write_samples(out_dir, data_dir, n_text=4, seed=0):
 
 # ==== every config field from the command line, nanoGPT-style: --lm.dim=256 --codec.n_q=8 --lm_steps=500 ====
 OVERRIDABLE = {"lm.": LMConfig, "codec.": EncodecConfig, "": Preset}  # prefix -> the dataclass it sets
+
+
+def recipe_rows(preset: "Preset") -> list:
+    """[(config, field, this run's value, the paper's)] for every field where `preset` is not the paper's."""
+    rows = []
+    for name, ours, paper in (("EncodecConfig", preset.codec, EncodecConfig()), ("LMConfig", preset.lm, LMConfig()),
+                              ("Preset", preset, Preset())):
+        rows += [(name, f.name, getattr(ours, f.name), getattr(paper, f.name)) for f in fields(paper)
+                 if f.name not in ("codec", "lm") and getattr(ours, f.name) != getattr(paper, f.name)]
+    return rows
 
 
 def parse_value(text: str, kind):
@@ -374,6 +386,10 @@ def run(args, rank):
         timings["data"] = time.time() - started
     ddp.barrier(rank)  # the other processes wait for rank 0's dataset
     data_dir = checked_data(args.data, out, args.skip_bad, preset.lm.window_seconds if args.stage != "codec" else 0, rank)
+    if rank.main:  # the training page, rewritten as the run goes (page.py)
+        page.start(out, recipe_rows(preset), make_pattern(preset.lm.pattern, preset.codec.n_q).grid(8),
+                   f"MusicGen from scratch: {out}")
+        print(f"training page: {out / 'index.html'} (reload it to follow the run)")
     common = dict(seed=args.seed, device=device, resume=args.resume, eval_every=args.eval_every, rank=rank,
                   micro_batch=args.micro_batch, workers=args.workers)
     if args.stage in ("codec", "all"):
@@ -383,7 +399,7 @@ def run(args, rank):
     ddp.barrier(rank)  # codec.pt is written (by rank 0) before any process reads it
     if args.stage in ("lm", "all"):
         t0 = time.time()
-        train_lm(out, data_dir, preset, compile=args.compile, **common)
+        train_lm(out, data_dir, preset, compile=args.compile, snapshots=page.SNAPSHOTS, **common)
         timings["lm"] = time.time() - t0
         if rank.main:
             t0 = time.time()
