@@ -77,8 +77,8 @@ MUTANTS = [
     # training plumbing
     ("lr-warmup-off-by-one", "stages.py", "return lr * (step + 1) / warmup", "return lr * step / warmup"),
     # the LM's paper forms and the fast forms derived from them
-    ("embeddings-first-table-only", "lm.py", "x = sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))",
-     "x = self.embeddings[0](sequence[:, 0])"),
+    ("embeddings-first-table-only", "lm.py", "return sum(table(sequence[:, k]) for k, table in enumerate(self.embeddings))",
+     "return self.embeddings[0](sequence[:, 0])"),
     ("stacked-heads-never-rebuilt", "lm.py", "if self._stacked_from is None or any(",
      "if self._stacked_from is None or False and any("),
     ("transposed-product-not-transposed", "transformer.py", "y = torch.mm(weight, rows.t()).t().contiguous()",
