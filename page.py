@@ -16,6 +16,8 @@ import html
 import json
 import math
 import os
+import time
+from functools import wraps
 from pathlib import Path
 
 import torch
@@ -53,6 +55,20 @@ def merge(old: list, new: list) -> list:
     return [row for row in old if row[0] < new[0][0]] + new
 
 
+def timed(fn):
+    """Count the seconds the page costs the run (its own line on the page; train.py prints it)."""
+    @wraps(fn)
+    def call(out, *args, **kwargs):
+        began = time.perf_counter()
+        result = fn(out, *args, **kwargs)
+        state = load(out)
+        state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - began
+        save(out, state)
+        return result
+    return call
+
+
+@timed
 def start(out, recipe: list, grid: str, title: str):
     """A new page, or the existing one of a resumed run: recipe [(config, field, value, paper's)]."""
     state = load(out)
@@ -60,6 +76,7 @@ def start(out, recipe: list, grid: str, title: str):
     save(out, state)
 
 
+@timed
 def record(out, stage: str, rows: list = (), evaluation: dict = None, **facts):
     """Add a stage's curve rows [step, loss, ...] and, optionally, one evaluation {"step": s, ...}."""
     state = load(out)
@@ -84,6 +101,7 @@ def picture_of(folder: Path, name: str, wav, sample_rate: int, with_chroma: bool
     return item
 
 
+@timed
 def snapshot(out, step: int, max_steps: int, model, prompts: dict):
     """Generate the fixed prompts with the LM as it is at `step` (model: a musicgen.MusicGen over the
     stage's own codec and LM) and put them on the page. prompts: {"descriptions": [...], "melody": wav
@@ -108,6 +126,7 @@ def snapshot(out, step: int, max_steps: int, model, prompts: dict):
     save(out, state)
 
 
+@timed
 def reconstructions(out, originals, recons, sample_rate: int):
     """The codec's held-out reconstructions (lists of (1, N) tensors), originals beside them."""
     folder = Path(out) / "page"
@@ -172,7 +191,8 @@ def lm_section(entry: dict) -> str:
 def render(state: dict) -> str:
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(state.get('title', 'run'))}"
            f"</title><style>{STYLE}</style></head><body><h1>{html.escape(state.get('title', 'Training run'))}</h1>",
-           "<p>Rewritten as the run goes: reload to see the progress.</p>"]
+           "<p>Rewritten as the run goes: reload to see the progress"
+           + (f" (this page has cost the run {state['seconds']:.0f} s so far)" if "seconds" in state else "") + ".</p>"]
     if "codec" in state:
         out.append("<h2>Stage 1: the codec</h2>" + codec_section(state["codec"]))
     if state.get("reconstructions"):

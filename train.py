@@ -408,7 +408,7 @@ def run(args, rank):
             timings["samples"] = time.time() - t0
     if rank.main:
         print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-              + f"; total {time.time() - started:.0f} s")
+              + f"; total {time.time() - started:.0f} s, of which the training page {page.load(out)['seconds']:.0f} s")
         print(f'generate more: python generate.py --run {out} --text "a cheerful fast tune on a plucked guitar" --out out.wav')
 
 
