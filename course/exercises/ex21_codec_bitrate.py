@@ -41,7 +41,7 @@ def bitrate_kbps(cfg: EncodecConfig) -> float:
 '''
 
 EXERCISE = Exercise(
-    number=21, title="Open project: a codec with another number of codebooks, and its bitrate",
+    number=21, title="A codec with another number of codebooks, and its bitrate",
     section="§2.1", project="course/projects/codec_bitrate.py", template=TEMPLATE,
     hints=["my_codec_config: replace(TINY_CODEC, n_q=8), or 2, or any K ≥ 1 but 4.",
            "bitrate_kbps: cfg.n_q * math.log2(cfg.codebook_size) * cfg.frame_rate / 1000 (frame_rate is "
