@@ -182,8 +182,10 @@ def lm_section(entry: dict) -> str:
     for k in range(K):
         if evals:
             series[f"held-out k{k + 1}"] = ([e["step"] for e in evals], [e["heldout"][k] for e in evals])
-    chart = line_chart_svg(series, "step", "cross-entropy (nats)", title="LM cross-entropy per codebook k",
-                           hlines={f"chance: ln {card} = {math.log(card):.2f}": math.log(card)}, width=820, height=380)
+    chart = line_chart_svg(series, "step", "cross-entropy (nats)", title="LM cross-entropy per codebook k "
+                           "(held-out dashed)", hlines={f"chance: ln {card} = {math.log(card):.2f}": math.log(card)},
+                           width=820, height=380, colours={name: int(name[-1]) - 1 for name in series},
+                           dashed={name for name in series if name.startswith("held-out")})
     speed = f"<p>{entry['tokens_per_second']:.0f} tokens per second.</p>" if "tokens_per_second" in entry else ""
     return chart + speed
 

@@ -147,9 +147,11 @@ def chromagram_png(chroma: torch.Tensor, frame_rate: float, cell: int = 12, widt
 
 # ---- curves --------------------------------------------------------------------------------------------
 def line_chart_svg(series: dict, x_label: str, y_label: str, title: str = "", hlines: dict = None,
-                   width: int = 520, height: int = 300, log_y: bool = False) -> str:
+                   width: int = 520, height: int = 300, log_y: bool = False, colours: dict = None,
+                   dashed=()) -> str:
     """An SVG chart: series {name: (xs, ys)} as polylines, hlines {label: y} dashed, axes with ticks.
-    log_y plots log10(y) (positive values only) with ticks at powers of ten and their halves."""
+    colours {name: palette index} gives series the same colour (e.g. train and held-out of one codebook),
+    `dashed` names the series drawn dashed. log_y plots log10(y) (positive values only), ticks at 1, 2, 5."""
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
     legend = max((len(name) for name in series), default=0) * 7 + 24  # the legend's column, right of the plot
     pad_l, pad_r, pad_t, pad_b = 56, 12 + legend, 28 if title else 12, 40
@@ -199,13 +201,14 @@ def line_chart_svg(series: dict, x_label: str, y_label: str, title: str = "", hl
                    f'fill="#555">{label}</text>')
     for i, (name, (xs, ys)) in enumerate(series.items()):
         xy = [(sx(float(x)), sy(float(y))) for x, y in zip(xs, ys) if np.isfinite(float(y)) and (float(y) > 0 or not log_y)]
-        colour = palette[i % len(palette)]
+        colour = palette[(colours or {}).get(name, i) % len(palette)]
+        dash = ' stroke-dasharray="5 3"' if name in dashed else ""
         out.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}" fill="none" stroke="{colour}" '
-                   f'stroke-width="1.5"/>')
+                   f'stroke-width="1.5"{dash}/>')
         if len(xy) <= 30:  # few points (evaluations): mark each one
             out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{colour}"/>' for a, b in xy]
         out.append(f'<line x1="{width - legend}" y1="{pad_t + 10 + 14 * i}" x2="{width - legend + 14}" '
-                   f'y2="{pad_t + 10 + 14 * i}" stroke="{colour}" stroke-width="2"/>'
+                   f'y2="{pad_t + 10 + 14 * i}" stroke="{colour}" stroke-width="2"{dash}/>'
                    f'<text x="{width - legend + 18}" y="{pad_t + 14 + 14 * i}" fill="#222">{name}</text>')
     out.append("</svg>")
     return "".join(out)
