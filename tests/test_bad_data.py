@@ -1,6 +1,8 @@
 """A user's own folder: train.py checks the whole dataset before any training (the manifest, every audio
 file's header), reports every problem at once, grouped, and exits with code 2, or trains on the good
 clips with --skip-bad; numbers out of range are refused in one line. Odd but valid files pass."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -34,9 +36,17 @@ def write_rows(folder, lines, **kwargs):
 
 
 def run_train(folder, tmp_path, *extra):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(folder), "--out",
-                           str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "2", *map(str, extra)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    """`python train.py ...` as the command line runs it (its exit code, stdout and stderr), in this
+    process: a new Python with torch costs more than most of these runs."""
+    argv = ["--data", str(folder), "--out", str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "2",
+            *map(str, extra)]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            train.main(argv)
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (print(exit.code, file=sys.stderr) or 1)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def plant(case, folder):

@@ -10,6 +10,7 @@ from encodec import EncodecModel
 from train import TINY_CODEC
 
 
+@pytest.mark.slow  # the default run keeps its 2-minute budget; CI runs this file's slow tests
 def test_count_check_script_runs_every_option():
     """count_check.py end to end on 2 steps with every knob on: it trains, scores and samples without error
     and prints the teacher-forced and sampled beat figures (the 2.5-minute measurements are in NOTES.md)."""
@@ -22,7 +23,7 @@ def test_count_check_script_runs_every_option():
     assert result.stdout.count("sampled runs on the half-beat grid") == 3
 
 
-@pytest.mark.slow  # 17 s: the default run keeps its 2-minute budget; the script itself runs in the test above
+@pytest.mark.slow  # 17 s
 def test_count_check_runs_on_a_codecs_tokens(tmp_path):
     """count_check.py --codec: the codec's tokens of a dataset's training clips as training data, the
     samples decoded and scored by the probe (an untrained codec and 2 steps: it runs, not how well)."""
