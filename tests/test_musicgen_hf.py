@@ -125,6 +125,28 @@ def test_decoder_logits_match_hf(saved, ours):
     torch.testing.assert_close(logits, expected.view(2, K, 21, CARD), atol=1e-4, rtol=0)
 
 
+def test_training_loss_matches_hfs_loss_with_labels(saved, ours):
+    """Our objective on a batch (the paper's plain mean over the real tokens, per codebook, then over the
+    K codebooks) equals HF's loss with `labels` for the same weights and codes. HF's labels are the
+    delayed sequence after the start step, (B, S - 1, K), its special cells (pad) ignored; its decoder
+    reads the sequence's steps 0 .. S - 2 (what HF's own shift of the labels would give)."""
+    reference, folder = saved
+    lm = ours.lm
+    assert lm.cfg.start_weight == 1.0  # a published model: the paper's loss
+    codes = torch.randint(0, CARD, (2, K, 20), generator=torch.Generator().manual_seed(2))  # (B, K, T)
+    ids, mask = ours.tokenizer.encode(DESCRIPTIONS)
+    with torch.no_grad():
+        text, text_mask = lm.encode_text(ids, mask)
+        loss, per_codebook = lm.compute_loss(codes, text, text_mask, None)
+        sequence, _ = lm.pattern.build(codes, lm.special)  # (B, K, S), special = CARD = HF's pad
+        hf_ids, hf_mask = hf_text(reference, folder, DESCRIPTIONS)
+        inputs = sequence[:, :, :-1].reshape(2 * K, -1)  # what HF's shift of the labels gives: start step first
+        expected = reference(input_ids=hf_ids, attention_mask=hf_mask, decoder_input_ids=inputs,
+                             labels=sequence[:, :, 1:].transpose(1, 2)).loss
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=0), (float(loss), float(expected))
+    assert torch.allclose(per_codebook.mean(), expected, rtol=1e-5, atol=0)
+
+
 def test_greedy_guided_generation_gives_hf_tokens(saved, ours, monkeypatch):
     """Two descriptions of different lengths, guidance 3, greedy, 35 pattern steps (32 frames and the
     delay pattern's K - 1 extra steps): the same tokens as HF's generate, and the same audio."""
