@@ -121,6 +121,23 @@ def run_both(saved, ours, monkeypatch, melody, n_frames=32):
     return hf_codes[0][0], ours_codes[0]
 
 
+def test_training_loss_with_a_melody_matches_hfs_loss_with_labels(saved, ours):
+    """The melody model's objective on a batch (text and chroma prepended) equals HF's loss with `labels`
+    (the delayed sequence after the start step, (B, S - 1, K); HF drops the prefix's outputs itself)."""
+    reference, folder = saved
+    codes = torch.randint(0, CARD, (2, K, 20), generator=torch.Generator().manual_seed(2))  # (B, K, T)
+    ids, mask = hf_text(reference, folder, DESCRIPTIONS)
+    chroma = ours.lm.chroma(torch.cat([two_notes(), two_notes().flip(-1)]))  # (2, F', 12)
+    with torch.no_grad():
+        text, text_mask = ours.lm.encode_text(ids, mask.bool())
+        loss, _ = ours.lm.compute_loss(codes, text, text_mask, chroma)
+        sequence, _ = ours.lm.pattern.build(codes, ours.lm.special)  # (B, K, S)
+        expected = reference(input_ids=ids, attention_mask=mask, input_features=chroma,
+                             decoder_input_ids=sequence[:, :, :-1].reshape(2 * K, -1),
+                             labels=sequence[:, :, 1:].transpose(1, 2)).loss
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=0), (float(loss), float(expected))
+
+
 def test_greedy_guided_generation_with_a_melody_gives_hf_tokens(saved, ours, monkeypatch):
     """35 pattern steps (32 frames + K - 1), guidance 3 with HF's null melody, a melody shorter than
     the window: the same tokens as HF's generate."""
