@@ -19,7 +19,8 @@ the real cells, whatever the special cells hold.
 """
 import torch
 
-from patterns import FlattenPattern, PartialFlattenPattern, Pattern, VallEPattern
+from patterns import FlattenPattern, PartialFlattenPattern, VallEPattern
+from course.stand_ins import HandDelay
 from course.grading import Exercise, Wrong
 
 EXERCISE = Exercise(
@@ -35,19 +36,6 @@ EXERCISE = Exercise(
 )
 
 SPECIAL = 99
-
-
-class HandDelay(Pattern):
-    """The delay pattern, its layout written here (DelayPattern.layout is exercise 6): (k, t) at 1 + t + k."""
-
-    name = "delay (the check's own)"
-
-    def layout(self, T: int) -> list:
-        layout = [[] for _ in range(T + self.n_q)]
-        for t in range(T):
-            for k in range(self.n_q):
-                layout[1 + t + k].append((k, t))
-        return layout
 
 
 def compare_build(pattern, codes, expected, label: str):

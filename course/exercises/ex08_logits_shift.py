@@ -20,7 +20,8 @@ the loss takes its mask from it). T = self.num_frames(S); self.step_of(T, device
 """
 import torch
 
-from patterns import FlattenPattern, PartialFlattenPattern, Pattern, VallEPattern
+from patterns import FlattenPattern, PartialFlattenPattern, VallEPattern
+from course.stand_ins import HandDelay
 from course.grading import Exercise, Wrong
 
 EXERCISE = Exercise(
@@ -32,19 +33,6 @@ EXERCISE = Exercise(
            "source[None, :, :, None].expand(B, K, T, card).",
            "valid = source >= 0 (K, T); clamp the index at 0 before the gather so it is always in range."],
 )
-
-
-class HandDelay(Pattern):
-    """The delay pattern, its layout written here (DelayPattern.layout is exercise 6): (k, t) at 1 + t + k."""
-
-    name = "delay (the check's own)"
-
-    def layout(self, T: int) -> list:
-        layout = [[] for _ in range(T + self.n_q)]
-        for t in range(T):
-            for k in range(self.n_q):
-                layout[1 + t + k].append((k, t))
-        return layout
 
 
 def labelled_logits(B: int, K: int, S: int, card: int) -> torch.Tensor:
