@@ -47,12 +47,17 @@ def save(out, state: dict):
     write_atomic(Path(out) / "index.html", render(state))
 
 
+MAX_ROWS = 4000  # per curve: a long run keeps every other row of its older part, so the page stays small
+
+
 def merge(old: list, new: list) -> list:
     """Rows [step, ...] of a curve: the new rows replace every old row from their first step on (a
-    resumed run repeats the steps after its last checkpoint)."""
-    if not new:
-        return old
-    return [row for row in old if row[0] < new[0][0]] + new
+    resumed run repeats the steps after its last checkpoint); past MAX_ROWS the older half is thinned."""
+    rows = [row for row in old if not new or row[0] < new[0][0]] + new
+    while len(rows) > MAX_ROWS:
+        half = len(rows) // 2
+        rows = rows[:half:2] + rows[half:]
+    return rows
 
 
 def timed(fn):

@@ -184,7 +184,8 @@ def train_codec(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             loss, mel = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(mel_sum, rank)
             losses.append(loss.item())
             usage = perplexity(codes, cfg.codebook_size) if quantize else None
-            curve.append([step, loss.item(), mel.item(), usage])
+            if rank.main:
+                curve.append([step, loss.item(), mel.item(), usage])
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", mel=f"{mel.item():.3f}", n_q=codes.shape[1] if quantize else 0,
                             usage="/".join(f"{p:.0f}" for p in usage) if quantize else "warm-up")
@@ -384,7 +385,8 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             loss, per_codebook = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(per_codebook_sum, rank)
             tokens_seen += batch_codes.numel() * rank.world
             losses.append(loss.item())
-            curve.append([step, loss.item(), per_codebook.tolist()])
+            if rank.main:
+                curve.append([step, loss.item(), per_codebook.tolist()])
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", per_k="/".join(f"{x:.2f}" for x in per_codebook.tolist()),
                             tok_s=f"{tokens_seen / (time.time() - started):.0f}")

@@ -86,3 +86,10 @@ def test_the_training_page_shows_curves_and_a_picture_beside_every_player(tmp_pa
     assert "ln 256" in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
     for item in state["reconstructions"][0]:
         assert (tmp_path / item["png"]).is_file() and (tmp_path / item["wav"]).is_file()
+
+
+def test_a_long_run_keeps_its_curves_small_and_its_latest_steps_whole():
+    rows = page.merge([], [[step, 1.0] for step in range(1, 100_001)])
+    steps = [row[0] for row in rows]
+    assert len(rows) <= page.MAX_ROWS and steps == sorted(steps) and steps[0] == 1
+    assert steps[-1000:] == list(range(99_001, 100_001))  # the newest rows at full resolution
