@@ -59,9 +59,15 @@ def main(argv=None):
     stats.sort_stats("cumulative")
     project = [(key, value) for key, value in stats.stats.items() if str(ROOT) in key[0] and "experiments" not in key[0]]
     project.sort(key=lambda kv: -kv[1][3])  # cumulative time
-    print(f"{'cumulative s':>12} {'own s':>8} {'calls':>8}  function")
+    print(f"{'cumulative s':>12} {'own s':>8} {'calls':>8}  the project's functions (file:line name)")
     for (file, line, name), (_, calls, own, cumulative, _) in project[:args.top]:
-        print(f"{cumulative:12.2f} {own:8.2f} {calls:8d}  {Path(file).name}:{name}")
+        print(f"{cumulative:12.2f} {own:8.2f} {calls:8d}  {Path(file).name}:{line} {name}")
+    # Outside the project: torch's backward pass, the optimizer and the kernels called from Python.
+    others = [(key, value) for key, value in stats.stats.items() if str(ROOT) not in key[0]]
+    others.sort(key=lambda kv: -kv[1][2])  # own time
+    print(f"{'own s':>12} {'calls':>8}  the rest, by own time")
+    for (file, line, name), (_, calls, own, _, _) in others[:args.top // 2]:
+        print(f"{own:12.2f} {calls:8d}  {Path(file).name}:{line} {name}")
     if args.ops:
         print(ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
