@@ -87,7 +87,7 @@ def command_list(args):
     state = load_state()
     for number, module in modules().items():
         e = module.EXERCISE
-        kind = "project " if e.project else ""
+        kind = "project: " if e.project else ""
         print(f"{number:2d}  {kind}{e.title}  ({e.section}; {', '.join(e.files)})  [{status(e, state)}]")
 
 
