@@ -66,6 +66,7 @@ class LMConfig:
     ffn_dim: int = 4096           # feed-forward width, 4·D
     dropout: float = 0.0
     pattern: str = "delay"        # codebook interleaving pattern (§2.2)
+    audio_channels: int = 1       # 2: the stereo models, n_q = 2·K streams, left and right per level
     window_seconds: float = 30.0  # training window; longer audio uses sliding windows (§3)
     # How many codebooks' previous tokens the LM reads, summed (§2.3: all K; None = all).
     input_codebooks: int | None = None
@@ -140,7 +141,7 @@ def check_input_codebooks(cfg: LMConfig):
     K_in = cfg.codebooks_read
     if not 1 <= K_in <= cfg.n_q:
         raise ValueError(f"input_codebooks must be 1..{cfg.n_q} or None, got {cfg.input_codebooks}")
-    pattern = make_pattern(cfg.pattern, cfg.n_q)
+    pattern = make_pattern(cfg.pattern, cfg.n_q, cfg.audio_channels)
 
     def hidden_steps(n_frames):  # steps holding real tokens, none of them in the codebooks read
         layout = pattern.build(torch.zeros(1, cfg.n_q, n_frames, dtype=torch.long), -1)[0][0]  # (K, S)
@@ -167,7 +168,7 @@ class LMModel(nn.Module):
         super().__init__()
         assert cfg.text_vocab_size > 0, "LMConfig.text_vocab_size must be set (T5: its config; scratch: the tokenizer)"
         self.cfg = cfg
-        self.pattern = make_pattern(cfg.pattern, cfg.n_q)
+        self.pattern = make_pattern(cfg.pattern, cfg.n_q, cfg.audio_channels)
         self.special = cfg.codebook_size  # the empty token of the pattern; embeddings get one extra row
         # One embedding table per codebook read, of card + 1 rows (the extra one: the pattern's empty
         # token); at each step their K_in vectors are *summed* into one (§2.3).

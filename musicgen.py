@@ -154,10 +154,12 @@ class MusicGen:
 
     def __init__(self, codec, lm: LMModel, tokenizer):
         """tokenizer: conditioners.Tokenizer (a trained run) or t5.UnigramTokenizer (a published model)."""
+        channels = lm.cfg.audio_channels  # a stereo LM reads the mono codec's K streams of each channel
         for name in ("n_q", "codebook_size", "sample_rate", "frame_rate"):  # the token streams must agree
-            if abs(getattr(lm.cfg, name) - getattr(codec, name)) > 1e-9:
+            ours = getattr(codec, name) * (channels if name == "n_q" else 1)
+            if abs(getattr(lm.cfg, name) - ours) > 1e-9:
                 raise ValueError(f"the LM and the codec disagree on {name}: {getattr(lm.cfg, name)} vs "
-                                 f"{getattr(codec, name)} (were they trained together?)")
+                                 f"{ours} (were they trained together?)")
         self.codec, self.lm, self.tokenizer = codec.eval(), lm.eval(), tokenizer
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate
         self.device = next(lm.parameters()).device
@@ -185,7 +187,8 @@ class MusicGen:
         """A published MusicGen (e.g. facebook/musicgen-small) from a local folder in the layout HF
         transformers' save_pretrained writes, in our own modules (pretrained.load_pretrained). Its
         defaults are the paper's: top-k 250, guidance 3, 30 s windows. PretrainedError if the folder
-        is missing, broken, or holds a model this code does not implement (stereo)."""
+        is missing, broken, or holds a model this code does not implement. The stereo models load too:
+        their LM reads 2·K streams and generate* return (B, 2, N)."""
         return cls(*load_pretrained(folder, device, dtype))
 
     def set_generation_params(self, duration=None, use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
@@ -231,14 +234,17 @@ class MusicGen:
         read that as "the note ends here" (NOTES.md, "Continuation drops look-ahead frames")."""
         prompt = prompt if prompt.dim() == 3 else prompt[None]
         descriptions = [""] * prompt.shape[0] if descriptions is None else list(descriptions)
-        wav = resample(prompt.mean(dim=1, keepdim=True).float(), prompt_sample_rate, self.sample_rate)
+        C = self.lm.cfg.audio_channels
+        channels = prompt.mean(dim=1, keepdim=True) if C == 1 or prompt.shape[1] == 1 else prompt  # (B, 1 or C, N)
+        wav = resample(channels.expand(-1, C, -1).float(), prompt_sample_rate, self.sample_rate)  # (B, C, N)
         lookahead = self.prompt_lookahead_frames
         n_prompt = wav.shape[-1] // self.codec.hop_length - lookahead  # whole frames kept
         if n_prompt < 1:
             raise ValueError(f"the prompt is shorter than {self.min_prompt_seconds:.2f} s: the codec's "
                              f"encoder looks {lookahead} frames ahead, so at least {lookahead + 1} frames are needed")
-        codes = self.codec.encode(wav.to(self.device, self.codec_dtype))[..., :n_prompt]  # (B, 1, N) -> (B, K, Tp)
-        return self._generate(descriptions, prompt=codes)
+        codes = torch.stack([self.codec.encode(wav[:, c:c + 1].to(self.device, self.codec_dtype))[..., :n_prompt]
+                             for c in range(C)], dim=2)  # C × (B, K, Tp) -> (B, K, C, Tp)
+        return self._generate(descriptions, prompt=codes.flatten(1, 2))  # (B, K·C, Tp): level by level
 
     @property
     def codec_dtype(self) -> torch.dtype:
@@ -283,7 +289,9 @@ class MusicGen:
             codes = torch.cat([codes[..., :start], new], dim=-1)
             if codes.shape[-1] >= total:
                 break
-        return self.codec.decode(codes).float()  # (B, K, T) -> (B, 1, T · hop), float32 whatever the codec's dtype
+        # Each channel's K streams (rows c, c + C, ...) through the mono codec; float32 whatever its dtype.
+        C = self.lm.cfg.audio_channels
+        return torch.cat([self.codec.decode(codes[:, c::C]).float() for c in range(C)], dim=1)  # (B, C, T · hop)
 
     def _melody_chroma(self, melody, start_frame: int):
         """Chroma (B, F', 12) of the melody over the window starting at `start_frame`, or None (the null

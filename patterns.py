@@ -292,11 +292,39 @@ class VallEPattern(Pattern):
         return layout
 
 
+class ChannelsPattern(Pattern):
+    """A mono pattern over the codebooks of several channels (the stereo MusicGen models): the K·C streams
+    are interleaved by level, k1 left, k1 right, k2 left, ..., and both channels of level k sit where the
+    mono pattern puts level k. Stereo delay, C = 2, K = 2 (left and right of a level delayed alike):
+            s0 s1 s2 s3 s4
+        k1L .  t0 t1 t2 .
+        k1R .  t0 t1 t2 .
+        k2L .  .  t0 t1 t2
+        k2R .  .  t0 t1 t2
+    """
+
+    def __init__(self, mono: Pattern, channels: int):
+        super().__init__(mono.n_q * channels)
+        self.mono, self.channels, self.name = mono, channels, mono.name
+
+    def num_steps(self, T: int) -> int:
+        return self.mono.num_steps(T)
+
+    def layout(self, T: int) -> list:
+        return [[(k * self.channels + c, t) for k, t in cells for c in range(self.channels)]
+                for cells in self.mono.layout(T)]
+
+
 PATTERN_NAMES = ("parallel", "delay", "partial-delay", "flatten", "partial-flatten", "vall-e")
 
 
-def make_pattern(name: str, n_q: int) -> Pattern:
-    """The pattern called `name` (one of PATTERN_NAMES, as in Table 3) for n_q codebooks."""
+def make_pattern(name: str, n_q: int, channels: int = 1) -> Pattern:
+    """The pattern called `name` (one of PATTERN_NAMES, as in Table 3) for n_q codebooks; with channels
+    > 1, n_q counts the codebooks of all channels and each level's channels share the mono placement."""
+    if channels > 1:
+        if n_q % channels:
+            raise ValueError(f"{n_q} codebooks do not split into {channels} channels")
+        return ChannelsPattern(make_pattern(name, n_q // channels), channels)
     if name == "parallel":
         return DelayPattern(n_q, [0] * n_q, name)
     if name == "delay":

@@ -351,7 +351,7 @@ MODEL_TYPES = ("musicgen", "musicgen_melody")  # the text-to-music models; the m
 
 def supported_configs(config: dict, where) -> tuple:
     """→ the (text_encoder, audio_encoder, decoder) sub-configs, or PretrainedError naming what this code
-    does not implement: stereo, another text encoder or activation, another start token."""
+    does not implement: another text encoder or activation, another start token, more than 2 channels."""
     kind = config.get("model_type")
     if kind not in MODEL_TYPES:
         raise PretrainedError(f"{where}: model_type {kind!r} is not supported, only {' or '.join(map(repr, MODEL_TYPES))}")
@@ -362,8 +362,9 @@ def supported_configs(config: dict, where) -> tuple:
     if (text.get("model_type"), audio.get("model_type")) != ("t5", "encodec"):
         raise PretrainedError(f"{where}: needs a T5 text encoder and an EnCodec audio encoder, got "
                               f"{text.get('model_type')!r} and {audio.get('model_type')!r}")
-    if decoder.get("audio_channels", 1) != 1 or audio.get("audio_channels", 1) != 1:
-        raise PretrainedError(f"{where}: stereo models are not supported (audio_channels must be 1)")
+    if decoder.get("audio_channels", 1) not in (1, 2) or audio.get("audio_channels", 1) != 1:
+        raise PretrainedError(f"{where}: audio_channels must be 1 or 2 for the decoder (mono or stereo) and 1 for "
+                              f"EnCodec (a stereo model codes each channel with the mono codec)")
     missing = [k for k in ("vocab_size", "num_codebooks", "hidden_size", "num_hidden_layers", "num_attention_heads",
                            "ffn_dim") if not isinstance(decoder.get(k), int) or decoder[k] < 1]
     if missing:
@@ -440,14 +441,16 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -
     try:
         codec = encodec_from_hf(audio, {k[len("audio_encoder."):]: v for k, v in sd.items()
                                 if k.startswith("audio_encoder.")})
-        if (codec.n_q, codec.codebook_size) != (decoder["num_codebooks"], decoder["vocab_size"]):
-            raise ValueError(f"the codec has {codec.n_q} codebooks of {codec.codebook_size}, the decoder reads "
-                             f"{decoder['num_codebooks']} of {decoder['vocab_size']}")
+        channels = decoder.get("audio_channels", 1)  # stereo: the decoder reads the K codebooks of each channel
+        if (codec.n_q * channels, codec.codebook_size) != (decoder["num_codebooks"], decoder["vocab_size"]):
+            raise ValueError(f"the codec has {codec.n_q} codebooks of {codec.codebook_size} ({channels} channel(s)), "
+                             f"the decoder reads {decoder['num_codebooks']} of {decoder['vocab_size']}")
         # The text model cross-attends to the text and has no melody input; the melody model prepends
         # both, the chroma frames first (lm.py, "Where each condition enters the decoder").
         fusions = (dict(text_fusion="prepend", melody_fusion="prepend", **chroma_sizes)
                    if melody else dict(text_fusion="cross", melody_fusion="none"))
-        cfg = LMConfig(n_q=codec.n_q, codebook_size=codec.codebook_size, frame_rate=codec.frame_rate,
+        cfg = LMConfig(n_q=decoder["num_codebooks"], audio_channels=channels, codebook_size=codec.codebook_size,
+                       frame_rate=codec.frame_rate,
                        sample_rate=codec.sample_rate, dim=decoder["hidden_size"], n_layers=decoder["num_hidden_layers"],
                        n_heads=decoder["num_attention_heads"], ffn_dim=decoder["ffn_dim"], text_encoder="t5",
                        text_vocab_size=text.get("vocab_size", 32128), text_dim=text.get("d_model", 768),

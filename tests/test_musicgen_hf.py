@@ -25,8 +25,9 @@ DESCRIPTIONS = ["a happy rock song with guitars", "lo fi beat"]  # different len
 K, CARD = 4, 32
 
 
-def tiny_reference():
-    """A random HF MusicGen in the published layout, scaled down (see the module docstring)."""
+def tiny_reference(channels=1):
+    """A random HF MusicGen in the published layout, scaled down (see the module docstring); channels=2:
+    a stereo one (the decoder reads 2·K codebooks, left and right of each level; the codec stays mono)."""
     torch.manual_seed(0)
     text = transformers.T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=128, num_layers=2, num_heads=4)
     ratios, sample_rate = [2, 2], 8000  # hop 4: 2000 frames per second
@@ -34,9 +35,10 @@ def tiny_reference():
     audio = transformers.EncodecConfig(sampling_rate=sample_rate, target_bandwidths=[bandwidth], hidden_size=16,
                                        num_filters=4, upsampling_ratios=ratios, codebook_size=CARD, num_lstm_layers=2,
                                        use_causal_conv=False, use_conv_shortcut=False, normalize=False)
-    decoder = transformers.MusicgenDecoderConfig(vocab_size=CARD, num_codebooks=K, hidden_size=16, num_hidden_layers=2,
-                                                 num_attention_heads=4, ffn_dim=64, max_position_embeddings=64,
-                                                 pad_token_id=CARD, bos_token_id=CARD)
+    decoder = transformers.MusicgenDecoderConfig(vocab_size=CARD, num_codebooks=K * channels, hidden_size=16,
+                                                 num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                                                 max_position_embeddings=64, pad_token_id=CARD, bos_token_id=CARD,
+                                                 audio_channels=channels)
     config = transformers.MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     model = randomize(transformers.MusicgenForConditionalGeneration(config).eval())
     assert model.audio_encoder.quantizer.num_quantizers == K and hasattr(model, "enc_to_dec_proj")
@@ -171,6 +173,50 @@ def test_greedy_guided_generation_gives_hf_tokens(saved, ours, monkeypatch):
     torch.testing.assert_close(audio, expected_audio, atol=1e-4, rtol=0)
 
 
+def test_a_stereo_model_loads_and_generates_hfs_tokens_and_audio(tmp_path_factory, monkeypatch):
+    """A stereo MusicGen (musicgen-stereo-*): 2·K codebooks, left and right of level k delayed alike by k,
+    each channel decoded by the mono codec. Greedy, guidance 3: HF's tokens for each channel and its
+    stereo audio (B, 2, N)."""
+    reference = tiny_reference(channels=2)
+    folder = save(reference, tmp_path_factory, "stereo")
+    ours = MusicGen.from_pretrained(folder)
+    assert ours.lm.cfg.n_q == 2 * K and ours.lm.cfg.audio_channels == 2 and ours.codec.n_q == K
+    n_frames = 24
+    hf_codes, ours_codes = [], []
+    hf_decode, our_decode = reference.audio_encoder.decode, ours.codec.decode
+    monkeypatch.setattr(reference.audio_encoder, "decode",
+                        lambda codes, *a, **kw: hf_codes.append(codes) or hf_decode(codes, *a, **kw))
+    monkeypatch.setattr(ours.codec, "decode", lambda codes: ours_codes.append(codes) or our_decode(codes))
+    ids, mask = hf_text(reference, folder, DESCRIPTIONS)
+    with torch.no_grad():
+        expected_audio = reference.generate(input_ids=ids, attention_mask=mask, do_sample=False, guidance_scale=3.0,
+                                            max_new_tokens=n_frames + K - 1)
+    ours.set_generation_params(duration=n_frames / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
+    audio = ours.generate(DESCRIPTIONS)
+    assert len(ours_codes) == len(hf_codes) == 2  # left, then right
+    for got, expected in zip(ours_codes, hf_codes):
+        assert got.shape == (2, K, n_frames) and torch.equal(got, expected[0])
+    assert not torch.equal(ours_codes[0], ours_codes[1])  # two channels, not one copied
+    assert audio.shape == expected_audio.shape == (2, 2, n_frames * ours.codec.hop_length)
+    torch.testing.assert_close(audio, expected_audio, atol=1e-4, rtol=0)
+
+
+def test_a_stereo_continuation_keeps_each_channels_prompt(tmp_path_factory, monkeypatch):
+    """A stereo prompt: each channel is encoded by the mono codec and kept, level by level, at the start
+    of that channel's codes (left: rows 0, 2, ..; right: rows 1, 3, ..)."""
+    reference = tiny_reference(channels=2)
+    ours = MusicGen.from_pretrained(save(reference, tmp_path_factory, "stereo_prompt"))
+    prompt = torch.randn(1, 2, 40, generator=torch.Generator().manual_seed(3)) * 0.3  # (B, 2, N): 10 frames
+    decoded, our_decode = [], ours.codec.decode
+    monkeypatch.setattr(ours.codec, "decode", lambda codes: decoded.append(codes) or our_decode(codes))
+    ours.set_generation_params(duration=16 / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
+    audio = ours.generate_continuation(prompt, ours.sample_rate, ["lo fi beat"])
+    assert audio.shape[:2] == (1, 2) and len(decoded) == 2
+    for channel, codes in enumerate(decoded):
+        expected = ours.codec.encode(prompt[:, channel:channel + 1])  # (1, K, 10)
+        assert torch.equal(codes[..., :expected.shape[-1]], expected)
+
+
 def test_empty_description_is_hf_unconditional_generation(saved, ours):
     """"" is the null condition (as the reference library): without guidance, our generation from ""
     equals HF's from its unconditional inputs (zero text states, all-masked)."""
@@ -262,14 +308,15 @@ def broken_copy(folder, tmp_path, config=None, drop=None):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(model_type="musicgen_stereo"), "model_type 'musicgen_stereo' is not supported"),
-    (lambda c: c["decoder"].update(audio_channels=2), "stereo models are not supported"),
+    (lambda c: c["decoder"].update(audio_channels=3), "audio_channels must be 1 or 2"),
+    (lambda c: c["decoder"].update(audio_channels=2), r"4 codebooks of 32 \(2 channel\(s\)\), the decoder reads 4"),
     (lambda c: c["decoder"].update(activation_function="relu"), "activation 'relu' is not supported"),
     (lambda c: c["decoder"].pop("ffn_dim"), "decoder needs positive integers ffn_dim"),
-    (lambda c: c["decoder"].update(num_codebooks=3), "the codec has 4 codebooks of 32, the decoder reads 3 of 32"),
+    (lambda c: c["decoder"].update(num_codebooks=3), r"the codec has 4 codebooks of 32 \(1 channel\(s\)\), the decoder reads 3"),
     (lambda c: c["text_encoder"].update(feed_forward_proj="gated-gelu"), "is not T5's standard layout"),
     (lambda c: c["audio_encoder"].update(use_causal_conv=True), "use_causal_conv=True is not supported"),
     (lambda c: c.pop("decoder"), "needs the sub-configs"),
-], ids=["other-model", "stereo", "activation", "missing-field", "codebooks", "t5-layout", "causal-codec", "no-decoder"])
+], ids=["other-model", "channels", "stereo-codebooks", "activation", "missing-field", "codebooks", "t5-layout", "causal-codec", "no-decoder"])
 def test_unsupported_configs_are_refused_in_one_line(saved, tmp_path, change, message):
     with pytest.raises(PretrainedError, match=message) as error:
         MusicGen.from_pretrained(broken_copy(saved[1], tmp_path, config=change))
