@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import autotune
 
@@ -384,6 +385,7 @@ class Transformer(nn.Module):
                                     for _ in range(n_layers))
         self.norm_out = nn.LayerNorm(dim)
         self.position_table = torch.zeros(0, dim)  # sinusoidal_positions(0..n-1), extended on demand
+        self.checkpoint_activations = False  # recompute each block in backward instead of storing (fine-tuning)
 
     def positions(self, offset: int, S: int, device) -> torch.Tensor:
         """(S, D) position embeddings of offset..offset+S-1, read from a table that is recomputed only
@@ -437,6 +439,13 @@ class Transformer(nn.Module):
         # Absolute position of new step i is offset + i: the same position it has in one full pass.
         x = x + self.positions(offset, S, x.device).to(x.dtype)  # (S, D) broadcast over B
         for i, block in enumerate(self.blocks):
-            x = block(x, condition, condition_mask, padding_mask, None if cache is None else cache.layers[i])
+            if self.checkpoint_activations and cache is None and torch.is_grad_enabled():
+                # Activation checkpointing: keep each block's input only and recompute its inside in the
+                # backward pass (the same dropout masks: the RNG state is replayed). Training memory falls
+                # from every layer's activations to one layer's, for one more forward pass of compute.
+                x = torch.utils.checkpoint.checkpoint(block, x, condition, condition_mask, padding_mask, None,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, condition, condition_mask, padding_mask, None if cache is None else cache.layers[i])
         return self.norm_out(x)
 

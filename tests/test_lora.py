@@ -13,11 +13,11 @@ from lm import LMConfig, LMModel
 CARD = 16
 
 
-def tiny_lm(seed=0):
+def tiny_lm(seed=0, dropout=0.0):
     torch.manual_seed(seed)
     cfg = LMConfig(n_q=4, codebook_size=CARD, frame_rate=25.0, sample_rate=16000, dim=32, n_layers=2, n_heads=2,
                    ffn_dim=64, window_seconds=1.0, text_vocab_size=12, text_dim=16, text_layers=1, text_heads=2,
-                   chroma_n_fft=8192, chroma_hop_length=2048)
+                   chroma_n_fft=8192, chroma_hop_length=2048, dropout=dropout)
     return LMModel(cfg)
 
 
@@ -99,3 +99,20 @@ def test_our_layer_equals_peft_lora_with_the_same_a_and_b():
         ours.lora_B.copy_(their_layer.lora_B["default"].weight)
     x = torch.randn(5, 8)
     assert torch.allclose(ours(x), reference(x), atol=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    """Recomputing each block in the backward pass (dropout masks replayed) changes memory, not numbers."""
+    grads = []
+    for checkpoint in (False, True):
+        lm = tiny_lm(dropout=0.1)  # dropout on: the replayed RNG state must give the same masks
+        lm.transformer.checkpoint_activations = checkpoint
+        lm.train()
+        codes, text, mask, chroma = batch(lm)
+        torch.manual_seed(5)
+        loss = lm.compute_loss(codes, text, mask, chroma)[0]
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in lm.parameters() if p.grad is not None]))
+    (loss_a, grads_a), (loss_b, grads_b) = grads
+    assert torch.equal(loss_a, loss_b) and len(grads_a) == len(grads_b)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads_a, grads_b))
