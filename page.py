@@ -10,7 +10,8 @@ RVQ level over training, tokens per second; the run's diff from the paper's conf
 grid (Figure 1); the codec's reconstructions; and samples generated at fixed fractions of the LM
 stage (SNAPSHOTS), each with its player and spectrogram (and the melody's chromagram beside the sample's),
 so a student hears the model learn. Every write goes to a temporary file renamed over the old one: a
-reload never sees half a page. The stages call `record`, `snapshot` and `reconstructions` (rank 0).
+reload never sees half a page, and each update reads and writes the state once (`timed`). The stages
+call `record`, `snapshot` and `reconstructions` (rank 0), as `page.record(out, "lm", rows, ...)`.
 """
 import html
 import json
@@ -61,36 +62,32 @@ def merge(old: list, new: list) -> list:
 
 
 def timed(fn):
-    """Count the seconds the page costs the run (its own line on the page; train.py prints it)."""
+    """One update of the page: load its state, let `fn(out, state, ...)` change it, count the seconds the
+    page costs the run (shown on the page; train.py prints it), and save it once."""
     @wraps(fn)
     def call(out, *args, **kwargs):
         began = time.perf_counter()
-        result = fn(out, *args, **kwargs)
         state = load(out)
+        fn(out, state, *args, **kwargs)
         state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - began
         save(out, state)
-        return result
     return call
 
 
 @timed
-def start(out, recipe: list, grid: str, title: str):
+def start(out, state: dict, recipe: list, grid: str, title: str):
     """A new page, or the existing one of a resumed run: recipe [(config, field, value, paper's)]."""
-    state = load(out)
     state.update(recipe=recipe, grid=grid, title=title)
-    save(out, state)
 
 
 @timed
-def record(out, stage: str, rows: list = (), evaluation: dict = None, **facts):
+def record(out, state: dict, stage: str, rows: list = (), evaluation: dict = None, **facts):
     """Add a stage's curve rows [step, loss, ...] and, optionally, one evaluation {"step": s, ...}."""
-    state = load(out)
     entry = state.setdefault(stage, {"rows": [], "evals": []})
     entry["rows"] = merge(entry["rows"], [list(r) for r in rows])
     if evaluation is not None:
         entry["evals"] = [e for e in entry["evals"] if e["step"] < evaluation["step"]] + [evaluation]
     entry.update(facts)
-    save(out, state)
 
 
 def picture_of(folder: Path, name: str, wav, sample_rate: int, with_chroma: bool = False) -> dict:
@@ -107,7 +104,7 @@ def picture_of(folder: Path, name: str, wav, sample_rate: int, with_chroma: bool
 
 
 @timed
-def snapshot(out, step: int, max_steps: int, model, prompts: dict):
+def snapshot(out, state: dict, step: int, max_steps: int, model, prompts: dict):
     """Generate the fixed prompts with the LM as it is at `step` (model: a musicgen.MusicGen over the
     stage's own codec and LM) and put them on the page. prompts: {"descriptions": [...], "melody": wav
     (1, N), "melody_description": str}. Seeded: the samples differ between snapshots by the weights alone."""
@@ -123,25 +120,21 @@ def snapshot(out, step: int, max_steps: int, model, prompts: dict):
         wav = model.generate_with_chroma([prompts["melody_description"]], melody[None], model.sample_rate)[0]
         items.append(dict(picture_of(folder, f"lm_{step}_melody", wav, model.sample_rate, with_chroma=True),
                           label=f"{prompts['melody_description']} + the melody"))
-    state = load(out)
     if "melody_reference" not in state:
         state["melody_reference"] = picture_of(folder, "melody_reference", melody, model.sample_rate, with_chroma=True)
     snapshots = [s for s in state.get("snapshots", []) if s["step"] < step]
     state["snapshots"] = snapshots + [dict(step=step, percent=round(100 * step / max_steps), items=items)]
-    save(out, state)
 
 
 @timed
-def reconstructions(out, originals, recons, sample_rate: int):
+def reconstructions(out, state: dict, originals, recons, sample_rate: int):
     """The codec's held-out reconstructions (lists of (1, N) tensors), originals beside them."""
     folder = Path(out) / "page"
     folder.mkdir(parents=True, exist_ok=True)
     pairs = [(picture_of(folder, f"codec_{i}_original", a, sample_rate),
               picture_of(folder, f"codec_{i}_reconstruction", b, sample_rate)) for i, (a, b) in
              enumerate(zip(originals, recons))]
-    state = load(out)
     state["reconstructions"] = pairs
-    save(out, state)
 
 
 # ---- the HTML ------------------------------------------------------------------------------------------

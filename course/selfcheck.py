@@ -71,7 +71,7 @@ def restore(copy: Path, originals: dict):
             (copy / file).write_text(text)
 
 
-def check_exercise(copy: Path, number: int, exercise, others: dict) -> list:
+def check_exercise(copy: Path, number: int, exercise, others: dict) -> tuple:
     """The four proofs for one exercise: a list of problems (empty: all hold) and a timing line."""
     problems = []
     instructor = planted(number)

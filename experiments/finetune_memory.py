@@ -47,9 +47,8 @@ def one_mode(mode: str, seconds: float, steps: int, rank: int, checkpoint: bool)
     lm.train()
     for _ in range(steps):
         began = time.perf_counter()
-        with torch.no_grad():
-            text, text_mask = lm.encode_text(ids, mask)  # the frozen T5 (and its projection, trained in full)
-        text = text.detach().requires_grad_(False)
+        with torch.no_grad():  # the frozen T5, and here its projection too (1M parameters: no gradient)
+            text, text_mask = lm.encode_text(ids, mask)
         loss, _ = lm.compute_loss(codes, text, text_mask, None)
         loss.backward()
         optimizer.step()
