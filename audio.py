@@ -147,10 +147,13 @@ def write_audio(path, wav, sample_rate, strategy="peak"):
     sf.write(path, samples, int(sample_rate), subtype="PCM_16")
 
 
-def load_audio(path, sample_rate):
-    """Read, downmix and resample: any audio file -> (1, N) float32 at `sample_rate`."""
+def load_audio(path, sample_rate, channels=1):
+    """Read, downmix and resample: any audio file -> (1, N) float32 at `sample_rate`. channels=2 (a
+    stereo model): (2, N), a mono file's one channel copied to both, more channels downmixed first."""
     wav, file_rate = read_audio(path)
-    return resample(to_mono(wav), file_rate, sample_rate)  # (C, N) -> (1, N) -> (1, N')
+    if channels == 1 or wav.shape[0] != channels:
+        wav = to_mono(wav).expand(channels, -1)  # (C, N) -> (1, N) -> (channels, N)
+    return resample(wav, file_rate, sample_rate)  # (channels, N) -> (channels, N')
 
 
 def stack_wavs(wavs, n=None):

@@ -76,6 +76,15 @@ class Tokenizer:
         return ids, ids != PAD
 
 
+def text_tokens(tokenizer, descriptions):
+    """Descriptions → ids (B, L), mask (B, L), with "" the null condition: an all-False mask row. The
+    word tokenizer gives "" no token; T5's gives it one (</s>), which the mask removes here, as the
+    reference library does for an empty description (in training, condition dropout; in generation,
+    guidance's null branch and unconditional samples)."""
+    ids, mask = tokenizer.encode(descriptions)
+    return ids, mask & torch.tensor([d != "" for d in descriptions])[:, None]  # (B, L)
+
+
 def word_dropout(texts, p: float, generator: torch.Generator):
     """Drop each word with probability p (text augmentation; audiocraft uses 0.3 on T5 inputs)."""
     out = []

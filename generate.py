@@ -73,9 +73,8 @@ def main(argv=None):
     if args.melody and args.prompt:
         fail("use --melody or --prompt, not both")
     run = Path(args.run)
-    for name in ("codec.pt", "lm.pt") if not args.pretrained else ():
-        if not (run / name).is_file():
-            fail(f"{run / name} not found: is --run a directory written by `python train.py`?")
+    if not args.pretrained and not (run / "lm.pt").is_file():  # (codec.pt too, unless the run is a fine-tune)
+        fail(f"{run / 'lm.pt'} not found: is --run a directory written by `python train.py`?")
     melody = read_input_audio(args.melody, "melody") if args.melody else None
     prompt = read_input_audio(args.prompt, "prompt") if args.prompt else None
 

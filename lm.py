@@ -387,6 +387,11 @@ def unstacked(state: dict, cfg: LMConfig) -> dict:
 def load_lm(path):
     """→ (lm, tokenizer, checkpoint dict). `weights_only=True`: a checkpoint can never run code."""
     ckpt = read_checkpoint(path, "LM")
+    return (*lm_from_checkpoint(ckpt, path), ckpt)
+
+
+def lm_from_checkpoint(ckpt: dict, path):
+    """A checkpoint dict read from `path` (a run trained from scratch) → (lm, tokenizer)."""
     try:
         lm = LMModel(LMConfig(**ckpt["config"]))
         lm.load_state_dict(unstacked(ckpt["model"], lm.cfg))
@@ -395,4 +400,4 @@ def load_lm(path):
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(f"{path}: this LM checkpoint does not fit lm.py ({type(error).__name__}: "
                          f"{first_line}); retrain with `python train.py --stage lm`") from None
-    return lm, tokenizer, ckpt
+    return lm, tokenizer

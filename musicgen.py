@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 
 from audio import resample
-from lm import LMModel, load_lm
-from encodec import load_codec
+from conditioners import text_tokens
+from lm import LMModel, lm_from_checkpoint
+from encodec import load_codec, read_checkpoint
+from published.finetune import load_finetuned
 from published.pretrained import load_pretrained
 from transformer import KVCache
 
@@ -127,6 +129,19 @@ def generate_codes(lm, text, text_mask, chroma, n_frames, prompt=None, cfg_coef=
     return lm.pattern.revert(sequence)  # (B, K, S) -> (B, K, T)
 
 
+# ---- the codec's channels: a stereo LM reads each channel's K streams, coded by the mono codec ---------
+def encode_channels(codec, wav: torch.Tensor) -> torch.Tensor:
+    """wav (B, C, N) → codes (B, K·C, T): each channel through the mono codec, the C channels of level
+    k next to each other (rows k·C + c), the order the stereo decoder reads. C = 1: codec.encode."""
+    codes = torch.stack([codec.encode(wav[:, c:c + 1]) for c in range(wav.shape[1])], dim=2)  # (B, K, C, T)
+    return codes.flatten(1, 2)  # (B, K, C, T) -> (B, K·C, T)
+
+
+def decode_channels(codec, codes: torch.Tensor, channels: int) -> torch.Tensor:
+    """The inverse: codes (B, K·C, T) → wav (B, C, T · hop), float32 whatever the codec's dtype."""
+    return torch.cat([codec.decode(codes[:, c::channels]).float() for c in range(channels)], dim=1)
+
+
 # ---- 2. the user-facing front (mirrors the reference library's API on purpose) -----------------------
 MAX_DURATION = 600.0  # seconds; past this a typo is likelier than a wish (and it would take hours on a CPU)
 
@@ -167,10 +182,15 @@ class MusicGen:
 
     @classmethod
     def load(cls, run_dir, device="cpu", dtype=None):
-        """Rebuild everything from `run_dir/codec.pt` and `run_dir/lm.pt` (weights_only loads); dtype:
-        the LM's (e.g. torch.bfloat16; None keeps float32), see `to`."""
+        """Rebuild everything from `run_dir/codec.pt` and `run_dir/lm.pt` (weights_only loads), or, for a
+        fine-tuned run, from its lm.pt and the published folder it points to; dtype: the LM's (e.g.
+        torch.bfloat16; None keeps float32), see `to`."""
+        path = Path(run_dir) / "lm.pt"
+        ckpt = read_checkpoint(path, "LM")
+        if "base" in ckpt:  # fine-tuned from a published MusicGen (train.py --init-from; published/finetune.py)
+            return cls(*load_finetuned(ckpt, path)).to(device, dtype)
         codec, _ = load_codec(Path(run_dir) / "codec.pt")
-        lm, tokenizer, _ = load_lm(Path(run_dir) / "lm.pt")
+        lm, tokenizer = lm_from_checkpoint(ckpt, path)
         return cls(codec, lm, tokenizer).to(device, dtype)
 
     def to(self, device=None, dtype=None):
@@ -242,9 +262,8 @@ class MusicGen:
         if n_prompt < 1:
             raise ValueError(f"the prompt is shorter than {self.min_prompt_seconds:.2f} s: the codec's "
                              f"encoder looks {lookahead} frames ahead, so at least {lookahead + 1} frames are needed")
-        codes = torch.stack([self.codec.encode(wav[:, c:c + 1].to(self.device, self.codec_dtype))[..., :n_prompt]
-                             for c in range(C)], dim=2)  # C × (B, K, Tp) -> (B, K, C, Tp)
-        return self._generate(descriptions, prompt=codes.flatten(1, 2))  # (B, K·C, Tp): level by level
+        codes = encode_channels(self.codec, wav.to(self.device, self.codec_dtype))[..., :n_prompt]  # (B, K·C, Tp)
+        return self._generate(descriptions, prompt=codes)
 
     @property
     def codec_dtype(self) -> torch.dtype:
@@ -267,11 +286,7 @@ class MusicGen:
         # The sampler's generator lives where the logits are (torch.rand refuses a CPU generator for
         # CUDA tensors); its seed comes from torch's global RNG, so torch.manual_seed reproduces a call.
         generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, (1,))))
-        ids, mask = self.tokenizer.encode(descriptions)
-        # "" is the null condition, as in the reference library (which zeroes the mask of an empty
-        # description) and as guidance's null branch: the word tokenizer gives it no token, but T5's
-        # gives it one (</s>), which the mask removes here.
-        mask = mask & torch.tensor([d != "" for d in descriptions])[:, None]  # (B, L)
+        ids, mask = text_tokens(self.tokenizer, descriptions)  # "" is the null condition: no token
         text, text_mask = self.lm.encode_text(ids.to(self.device), mask.to(self.device))
         total = max(round(self.duration * self.frame_rate), prompt.shape[-1] if prompt is not None else 0)
         window = self.lm.cfg.window_frames
@@ -289,9 +304,7 @@ class MusicGen:
             codes = torch.cat([codes[..., :start], new], dim=-1)
             if codes.shape[-1] >= total:
                 break
-        # Each channel's K streams (rows c, c + C, ...) through the mono codec; float32 whatever its dtype.
-        C = self.lm.cfg.audio_channels
-        return torch.cat([self.codec.decode(codes[:, c::C]).float() for c in range(C)], dim=1)  # (B, C, T · hop)
+        return decode_channels(self.codec, codes, self.lm.cfg.audio_channels)  # (B, C, T · hop)
 
     def _melody_chroma(self, melody, start_frame: int):
         """Chroma (B, F', 12) of the melody over the window starting at `start_frame`, or None (the null

@@ -117,10 +117,11 @@ def snapshot(out, state: dict, step: int, max_steps: int, model, prompts: dict):
         for i, (text, wav) in enumerate(zip(prompts["descriptions"], audio)):
             items.append(dict(picture_of(folder, f"lm_{step}_text_{i}", wav, model.sample_rate), label=text))
         melody = prompts["melody"]
-        wav = model.generate_with_chroma([prompts["melody_description"]], melody[None], model.sample_rate)[0]
-        items.append(dict(picture_of(folder, f"lm_{step}_melody", wav, model.sample_rate, with_chroma=True),
-                          label=f"{prompts['melody_description']} + the melody"))
-    if "melody_reference" not in state:
+        if model.lm.melody_projection is not None:  # (a published text-to-music model has no melody input)
+            wav = model.generate_with_chroma([prompts["melody_description"]], melody[None], model.sample_rate)[0]
+            items.append(dict(picture_of(folder, f"lm_{step}_melody", wav, model.sample_rate, with_chroma=True),
+                              label=f"{prompts['melody_description']} + the melody"))
+    if "melody_reference" not in state and model.lm.melody_projection is not None:
         state["melody_reference"] = picture_of(folder, "melody_reference", melody, model.sample_rate, with_chroma=True)
     snapshots = [s for s in state.get("snapshots", []) if s["step"] < step]
     state["snapshots"] = snapshots + [dict(step=step, percent=round(100 * step / max_steps), items=items)]

@@ -37,13 +37,13 @@ import data
 import ddp
 import page
 from audio import load_audio, stack_wavs, write_audio
-from conditioners import ConditionDropout, Tokenizer, word_dropout
+from conditioners import ConditionDropout, Tokenizer, text_tokens, word_dropout
 from encodec import EncodecConfig, EncodecModel, load_codec
 from lm import LMConfig, LMModel, save_lm
 from losses import (MSSTFTDiscriminator, ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
                     generator_adversarial_loss)
 from metrics import codec_metrics
-from musicgen import MusicGen
+from musicgen import MusicGen, encode_channels
 from rvq import perplexity
 
 
@@ -260,12 +260,15 @@ def save_codec(codec, path, step, rank, optimizer, disc=None, disc_optimizer=Non
 # ==== Stage 2: the LM on the frozen codec's codes ====================================================
 def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
              resume=False, eval_every=250, codes_dir=None, rank=ddp.Rank(), micro_batch=0, workers=0,
-             n_valid=256, compile=False, snapshots=()):
+             n_valid=256, compile=False, snapshots=(), finetune=None, checkpoint_activations=False):
     """Stage 2: train the LM of `preset` on codes of `out_dir/codec.pt`; writes `out_dir/lm.pt`.
     `codes_dir` (default out_dir/codes) holds the encoded dataset; several runs on one codec can share
     it (the pattern ablation trains six LMs on the same codes). `rank`, `micro_batch`, `workers`: as
     train_codec's; `compile`: torch.compile the LM (opt-in; for GPUs); `snapshots`: fractions of the stage
     at which fixed prompts are generated for the training page (train.py: page.SNAPSHOTS).
+    `finetune` (published/finetune.py's FineTune, train.py --init-from): start from a published MusicGen
+    instead, its EnCodec and T5 frozen, the LM (or LoRA's adapters) trained; `checkpoint_activations`:
+    recompute each decoder block in backward instead of storing its activations (memory for compute).
 
     Returns a summary dict: held-out loss per codebook, seconds, tokens per second, steps (rank 0).
     """
@@ -274,7 +277,12 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     device = rank.device if rank.world > 1 else torch.device(device)
     out = Path(out_dir)
     max_steps = preset.lm_steps if max_steps is None else max_steps
-    codec, _ = load_codec(out / "codec.pt")
+    if finetune is None:  # from scratch: the codec of stage 1
+        codec, _ = load_codec(out / "codec.pt")
+        cfg = lm_config_for(codec, preset.lm)
+    else:  # from a published MusicGen: its EnCodec, T5 and LM; the LM's training fields from the command line
+        codec, base_lm, tokenizer = finetune.load_base()
+        cfg = finetune.config(base_lm.cfg)
     codec = codec.to(device).eval()
     resume_path = out / "lm.pt"
     log = print if rank.main else (lambda *a, **k: None)
@@ -282,8 +290,9 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     # ---- data: every clip encoded once by the frozen codec (§4.1), the codes kept on disk ----
     entries = data.load_manifest(data_dir)
     folder = Path(codes_dir) if codes_dir is not None else out / "codes"
-    index = encode_dataset(codec, data_dir, entries, folder, rank)
-    cfg = lm_config_for(codec, preset.lm)
+    # A published codec's clips are long (30 s at 32 kHz): one at a time, so a batch never pads them.
+    index = encode_dataset(codec, data_dir, entries, folder, rank, channels=cfg.audio_channels,
+                           batch_size=32 if finetune is None else 1)
     window = cfg.window_frames
     splits = {}
     for split in ("train", "heldout"):
@@ -296,7 +305,8 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                                                  codec.hop_length, window))
     short = sum(len(s["frames"]) - len(s["pool"]) for s in splits.values())
     if short:
-        log(f"note: {short} clips shorter than the {cfg.window_seconds} s window are skipped")
+        log(f"warning: {short} clips shorter than the {cfg.window_seconds:g} s window are skipped "
+            f"(--lm.window_seconds sets the window)")
     train, valid_split, valid_name = splits["train"], splits["heldout"], "held-out"
     if len(train["pool"]) == 0:
         raise SystemExit(f"error: no training clip in {data_dir} is at least {cfg.window_seconds} s long")
@@ -306,20 +316,22 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     # Resuming restores the weights, the optimizer moments and the vocabulary; step s's batch and
     # dropout draws depend on (seed, s) alone, so the next step's loss equals the uninterrupted run's.
     ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume and resume_path.exists() else None
-    if ckpt is not None:
+    if finetune is None and ckpt is not None:
         tokenizer, cfg = Tokenizer(ckpt["vocab"]), LMConfig(**ckpt["config"])
-    else:
+    elif finetune is None:  # (a fine-tune has T5's tokenizer, from the published folder)
         tokenizer = Tokenizer.build([train["descriptions"][j] for j in train["pool"].tolist()])
         cfg = replace(cfg, text_vocab_size=len(tokenizer.vocab))
     # CFG dropout (null condition for all) and melody attribute dropout, §2.4 / §3.
     condition_dropout = ConditionDropout(cfg.cfg_dropout, cfg.melody_dropout)
 
-    # ---- model ----
-    lm = LMModel(cfg).to(device)
+    # ---- model: a new LM, or the published one (with LoRA: its adapters alone train) ----
+    lm = (LMModel(cfg) if finetune is None else finetune.build_lm(base_lm, cfg)).to(device)
+    lm.transformer.checkpoint_activations = checkpoint_activations
     n_params = sum(p.numel() for p in lm.parameters())
-    log(f"LM: {n_params / 1e6:.2f}M parameters, pattern {cfg.pattern}, window {window} frames, "
-        f"vocabulary {len(tokenizer.vocab)} words, {len(train['pool'])} train / {len(valid_pool)} {valid_name} "
-        f"clips, {rank.world} process(es)")
+    n_trained = sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    log(f"LM: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.3g}M trained), pattern {cfg.pattern}, window "
+        f"{window} frames, text: {'T5' if finetune else f'{len(tokenizer.vocab)} words'}, {len(train['pool'])} "
+        f"train / {len(valid_pool)} {valid_name} clips, {rank.world} process(es)")
 
     # ---- optimizer: AdamW as the paper (lm_optimizer) ----
     optimizer = lm_optimizer(lm, preset.lm_lr)
@@ -328,7 +340,10 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
         if "heads.weight" in ckpt["model"]:
             raise SystemExit(f"error: {resume_path} was written by an older lm.py (stacked tables and heads): "
                              "generate.py and evaluate.py read it, a resume needs a new LM run")
-        lm.load_state_dict(ckpt["model"])
+        if finetune is None:
+            lm.load_state_dict(ckpt["model"])
+        else:
+            finetune.resume(ckpt, lm, resume_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         log(f"resumed the LM from {resume_path} at step {step}")
@@ -398,7 +413,7 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                            f"{valid_name.split()[0]} loss {valid.mean():.3f} "
                            f"per codebook {[round(x, 3) for x in valid.tolist()]} "
                            f"(chance: ln {cfg.codebook_size} = {math.log(cfg.codebook_size):.2f})")
-                save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)  # rank 0 alone saves
+                save_lm_stage(resume_path, lm, tokenizer, step, optimizer, finetune)  # rank 0 alone saves
                 page.record(out, "lm", curve, dict(step=step, heldout=valid.tolist()), codebook_size=cfg.codebook_size,
                             tokens_per_second=tokens_seen / (time.time() - started))
                 curve = []
@@ -410,11 +425,13 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     except (KeyboardInterrupt, data.DataError):  # Ctrl-C, or a file that changed on disk: nothing is lost
         if rank.main:
             tqdm.write(f"stopped: saving the LM at step {step} to {resume_path} (continue with --resume)")
-            save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)
+            save_lm_stage(resume_path, lm, tokenizer, step, optimizer, finetune)
         raise
     bar.close()
     if rank.main:
-        save_lm(resume_path, lm, tokenizer, step=step, optimizer=optimizer)
+        save_lm_stage(resume_path, lm, tokenizer, step, optimizer, finetune)
+        if finetune is not None and finetune.merge:  # --merge: the adapters folded in, lm.pt the merged weights
+            save_lm_stage(resume_path, finetune.merged(lm), tokenizer, step, None, finetune)
     seconds = time.time() - started
     if not rank.main:
         return dict(steps=step, seconds=seconds, losses=losses)
@@ -425,6 +442,15 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
 
 
 # ---- what stage 2 calls ------------------------------------------------------------------------------
+def save_lm_stage(path, lm, tokenizer, step, optimizer, finetune):
+    """lm.pt of a run from scratch (lm.save_lm: every weight and the vocabulary), or of a fine-tune
+    (published/finetune.py: the trained tensors and a pointer to the published folder)."""
+    if finetune is None:
+        save_lm(path, lm, tokenizer, step=step, optimizer=optimizer)
+    else:
+        finetune.save(path, lm, step, optimizer)
+
+
 def page_prompts(data_dir, sample_rate) -> dict:
     """The training page's fixed prompts: two held-out descriptions and the first one's melody."""
     clips = (data.load_clips(data_dir, sample_rate, split="heldout", limit=2)
@@ -441,7 +467,7 @@ def batch_conditions(lm, tokenizer, descriptions, melody, condition_dropout=None
     chroma = lm.chroma(melody.to(device))  # (B, 1, N) -> (B, F, 12)
     if dropped is not None:
         descriptions, chroma = condition_dropout(descriptions, chroma, null_chroma=lm.null_chroma, dropped=dropped)
-    ids, mask = tokenizer.encode(descriptions)
+    ids, mask = text_tokens(tokenizer, descriptions)
     return ids.to(device), mask.to(device), chroma
 
 
@@ -470,8 +496,9 @@ def evaluate_lm(objective, tokenizer, split, pool, window, batch_size, autocast=
 def lm_optimizer(lm, lr: float) -> torch.optim.AdamW:
     """AdamW as the paper (betas 0.9, 0.95; weight decay 0.1), the decay on matrices only: shrinking
     LayerNorm gains and biases towards 0 is not regularisation."""
-    return torch.optim.AdamW([{"params": [p for p in lm.parameters() if p.dim() >= 2], "weight_decay": 0.1},
-                              {"params": [p for p in lm.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+    trained = [p for p in lm.parameters() if p.requires_grad]  # a fine-tune's frozen T5 (and base) excluded
+    return torch.optim.AdamW([{"params": [p for p in trained if p.dim() >= 2], "weight_decay": 0.1},
+                              {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}],
                              lr=lr, betas=(0.9, 0.95))
 
 
@@ -482,14 +509,15 @@ def lm_config_for(codec: EncodecModel, lm_cfg: LMConfig, **changes) -> LMConfig:
                    sample_rate=codec.sample_rate, **changes)
 
 
-def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank(), batch_size=32):
+def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank(), batch_size=32, channels=1):
     """Encode every clip once with the frozen codec (§4.1) into `folder`: per split, an int16 array
-    (K, total frames) and the clips' offsets in index.json. The clips are sorted by length and cut into
+    (K·C, total frames) and the clips' offsets in index.json (C = `channels`: a stereo LM reads each
+    channel's K streams, coded by the mono codec, level by level: musicgen.encode_channels). The clips are sorted by length and cut into
     batches of `batch_size` that do not depend on the number of ranks (rank r encodes batches r, r + N,
     ...), so the codes are the same under any N. Skipped when index.json says this codec and manifest
     were already encoded. Returns the index."""
     folder = Path(folder)
-    key = hashlib.sha1(repr([(e["path"], e["split"]) for e in entries]).encode()
+    key = hashlib.sha1(repr([(e["path"], e["split"]) for e in entries] + [channels]).encode()
                        + b"".join(v.cpu().numpy().tobytes() for v in codec.state_dict().values())).hexdigest()
     old = json.loads((folder / "index.json").read_text()) if (folder / "index.json").exists() else {}
     if old.get("key") == key:
@@ -506,16 +534,16 @@ def encode_dataset(codec: EncodecModel, data_dir, entries, folder, rank=ddp.Rank
         offsets = np.concatenate([[0], np.cumsum(frames)]).tolist()
         index[split] = dict(entries=ids, offsets=offsets)
         if rank.main:
-            data.codes_array(folder, split, shape=(codec.n_q, offsets[-1]))
+            data.codes_array(folder, split, shape=(codec.n_q * channels, offsets[-1]))
         ddp.barrier(rank)
         array = data.codes_array(folder, split)
         order = sorted(range(len(ids)), key=lambda j: (lengths[j], j))  # similar lengths batched together
         batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)][rank.index::rank.world]
         for batch in tqdm(batches, desc=f"encode {split}", leave=False, disable=not rank.main):
-            wavs = [load_audio(Path(data_dir) / entries[ids[j]]["path"], codec.sample_rate) for j in batch]
-            wav = stack_wavs(wavs)  # (B, 1, N), zero-padded to the longest
+            wavs = [load_audio(Path(data_dir) / entries[ids[j]]["path"], codec.sample_rate, channels) for j in batch]
+            wav = stack_wavs(wavs)  # (B, C, N), zero-padded to the longest
             with torch.no_grad():
-                codes = codec.encode(wav.to(codec_device(codec))).cpu()  # (B, 1, N) -> (B, K, T)
+                codes = encode_channels(codec, wav.to(codec_device(codec))).cpu()  # (B, C, N) -> (B, K·C, T)
             for j, clip_codes in zip(batch, codes):
                 array[:, offsets[j]:offsets[j + 1]] = clip_codes[:, :frames[j]].numpy()
         array.flush()

@@ -25,6 +25,7 @@ import torch
 
 import data
 import ddp
+import lora
 import page
 import toy
 from audio import write_audio
@@ -32,6 +33,8 @@ from encodec import EncodecConfig
 from lm import LMConfig, check_input_codebooks
 from musicgen import MusicGen
 from patterns import make_pattern
+from published.finetune import FineTune
+from published.pretrained import PretrainedError
 from stages import train_codec, train_lm
 
 
@@ -127,9 +130,27 @@ SMALL = Preset(
     lm=SMALL_LM,
     lm_lr=1e-4,                  # paper: D-Adaptation for the 300M. Why: stages.py has plain AdamW (Preset()'s).
 )
+
+
+# ==== fine-tuning a published MusicGen (--init-from FOLDER; published/finetune.py) ======================
+# The LM's shapes and its training fields come from the published model (LMConfig(): the paper's);
+# only the budgets change. The community's recipes: full fine-tuning at lr 1e-5 (chavinlo's
+# musicgen_trainer), LoRA at 2e-4 (ylacombe's musicgen-dreamboothing).
+FINETUNE = Preset(
+    lm_steps=2000,               # paper: 1M from scratch. Why: a fine-tune adapts; it does not start from nothing.
+    lm_batch=4,                  # paper: 192. Why: 30 s windows on one GPU (or a patient CPU).
+    lm_lr=1e-5,                  # paper: 1e-4. Why: small steps keep what the published model knows.
+    lm_warmup=100,               # paper: 4000. Why: 2000 steps in all.
+)
+FINETUNE_LORA = replace(
+    FINETUNE,
+    lm_lr=2e-4,                  # full fine-tune: 1e-5. Why: B starts at 0 and only r · (in + out) numbers learn.
+)
 PRESETS = {
     "tiny": TINY,
     "small": SMALL,
+    "finetune": FINETUNE,
+    "finetune-lora": FINETUNE_LORA,
 }
 
 
@@ -159,9 +180,10 @@ def write_samples(out_dir, data_dir, n_text=4, seed=0):
         written.append((samples / f"text_{i}.wav", wav, clip.description))
     melody_clip = clips[0]
     melody = melody_clip.melody_wav if melody_clip.melody_wav is not None else melody_clip.wav
-    wav = model.generate_with_chroma([clips[1 % len(clips)].description], melody[None], model.sample_rate)[0]
-    written.append((samples / "melody_reference.wav", melody, "the melody given as chroma"))
-    written.append((samples / "melody.wav", wav, f"{clips[1 % len(clips)].description} + that melody"))
+    if model.lm.melody_projection is not None:  # (a published text-to-music model has no melody input)
+        wav = model.generate_with_chroma([clips[1 % len(clips)].description], melody[None], model.sample_rate)[0]
+        written.append((samples / "melody_reference.wav", melody, "the melody given as chroma"))
+        written.append((samples / "melody.wav", wav, f"{clips[1 % len(clips)].description} + that melody"))
     prompt = clips[0].wav[None, :, :model.sample_rate * 2]  # the first 2 s of a held-out clip
     wav = model.generate_continuation(prompt, model.sample_rate, [clips[0].description])[0]
     written.append((samples / "continuation.wav", wav, f"continues 2 s of: {clips[0].description}"))
@@ -298,6 +320,33 @@ def checked_data(data_dir, out: Path, skip_bad: bool, window_seconds: float, ran
     return out / "checked_data"
 
 
+def finetune_request(args) -> FineTune:
+    """--init-from and its flags → a checked FineTune (published/finetune.py), or one line and exit 2
+    before any work: a missing or unsupported folder, a shape field changed, LoRA's numbers out of range."""
+    if args.stage == "codec":
+        fail("--init-from fine-tunes the LM; the published EnCodec stays frozen (leave out --stage codec)")
+    if args.data == "data/toy" and not (Path(args.data) / "manifest.jsonl").exists():
+        fail("--init-from needs --data DIR: your folder of audio files and its manifest.jsonl (README: your own data)")
+    lm_changes = {}
+    for option in args.overrides:
+        if option.startswith("--codec."):
+            fail(f"{option.partition('=')[0]}: with --init-from the codec is the published one, frozen")
+        if option.startswith("--lm."):  # checked and parsed as for a run from scratch, then kept by name
+            try:
+                parsed = apply_overrides(replace(TINY, lm=LMConfig()), [option]).lm
+            except ValueError as error:
+                fail(str(error))
+            name = option.removeprefix("--lm.").partition("=")[0]
+            lm_changes[name] = getattr(parsed, name)
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
+    finetune = FineTune(args.init_from, lm_changes, args.lora_rank, args.lora_alpha, targets, args.merge)
+    try:
+        finetune.check()
+    except PretrainedError as error:  # one line naming the folder or the flag
+        fail(str(error))
+    return finetune
+
+
 def fail(message: str):
     """Bad input: one line on stderr, exit code 2, before any work is spent."""
     print(f"error: {message}", file=sys.stderr)
@@ -312,9 +361,10 @@ def parse_args(argv=None):
     p.add_argument("--data", default="data/toy",
                    help="folder with audio + manifest.jsonl (default data/toy, generated if missing)")
     p.add_argument("--out", default="runs/tiny", help="run directory for checkpoints and samples")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="tiny: minutes on a 2-core CPU (a bigger run: override fields, e.g. --lm.dim=384 --lm_steps=10000); "
-                        "small: the paper's MusicGen-small for GPUs (clips of 30 s or more; see SMALL)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="tiny (default): minutes on a 2-core CPU (a bigger run: override fields, e.g. --lm.dim=384 "
+                        "--lm_steps=10000); small: the paper's MusicGen-small for GPUs (clips of 30 s or more; see "
+                        "SMALL); finetune, finetune-lora: the budgets with --init-from (the default there)")
     p.add_argument("--max-steps", type=int, help="override the preset's steps for the chosen stage(s)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size for the chosen stage(s)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate for the chosen stage(s)")
@@ -329,6 +379,19 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the LM (opt-in; for GPUs)")
     p.add_argument("--skip-bad", action="store_true",
                    help="train on the clips that pass the data check, naming those skipped (default: refuse)")
+    tune = p.add_argument_group("fine-tuning a published MusicGen (published/finetune.py)")
+    tune.add_argument("--init-from", metavar="FOLDER",
+                      help="start the LM stage from a published MusicGen folder (save_pretrained layout, e.g. "
+                           "facebook/musicgen-small); its EnCodec and T5 stay frozen")
+    tune.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of rank R only (default 0: "
+                                                               "every LM weight but T5's)")
+    tune.add_argument("--lora-alpha", type=float, help="LoRA's alpha: the change is scaled by alpha / rank "
+                                                       "(default: the rank)")
+    tune.add_argument("--lora-targets", help="comma-separated projections to adapt (default: "
+                                             + ",".join(lora.TARGETS) + ", those the model has)")
+    tune.add_argument("--merge", action="store_true", help="fold the adapters into the weights when the run ends")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute each decoder block in backward instead of storing it: less memory, ~1/3 more time")
     p.epilog = ("Any config field too, after the preset: --lm.FIELD=V (LMConfig), --codec.FIELD=V (EncodecConfig), "
                 "--FIELD=V (Preset), e.g. --lm.dim=256 --codec.n_q=8 --lm_steps=500.")
     args, options = p.parse_known_args(argv)
@@ -354,7 +417,13 @@ def main(argv=None):
 
 def run(args, rank):
     device = rank.device
-    preset = PRESETS[args.preset]
+    if not args.init_from and (args.lora_rank or args.lora_alpha is not None or args.lora_targets or args.merge):
+        fail("--lora-rank, --lora-alpha, --lora-targets and --merge fine-tune a published model: add --init-from FOLDER")
+    finetune = finetune_request(args) if args.init_from else None
+    preset = PRESETS[args.preset or ("tiny" if not finetune else "finetune-lora" if args.lora_rank else "finetune")]
+    if finetune:
+        args.stage = "lm"
+        preset = replace(preset, lm=replace(preset.lm, **finetune.lm_changes))  # the page's diff from the paper
     overrides = {}
     for stage in (["codec", "lm"] if args.stage == "all" else [args.stage]):
         if args.max_steps is not None:
@@ -368,7 +437,7 @@ def run(args, rank):
     except ValueError as error:
         fail(str(error))
     check_numbers(args, preset)
-    if args.stage in ("lm", "all"):  # a pattern the LM could not read fails now, not after the codec stage
+    if args.stage in ("lm", "all") and not finetune:  # a pattern the LM could not read fails now, not after the codec stage
         try:
             check_input_codebooks(replace(preset.lm, n_q=preset.codec.n_q))
         except ValueError as error:
@@ -399,7 +468,8 @@ def run(args, rank):
     ddp.barrier(rank)  # codec.pt is written (by rank 0) before any process reads it
     if args.stage in ("lm", "all"):
         t0 = time.time()
-        train_lm(out, data_dir, preset, compile=args.compile, snapshots=page.SNAPSHOTS, **common)
+        train_lm(out, data_dir, preset, compile=args.compile, snapshots=page.SNAPSHOTS, finetune=finetune,
+                 checkpoint_activations=args.checkpoint_activations, **common)
         timings["lm"] = time.time() - t0
         if rank.main:
             t0 = time.time()

@@ -54,6 +54,11 @@ def tiny_reference():
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
+    return save_melody(tmp_path_factory)
+
+
+def save_melody(tmp_path_factory):
+    """tiny_reference() saved as a published folder, its preprocessor_config.json included → (model, folder)."""
     reference = tiny_reference()
     folder = save(reference, tmp_path_factory, "musicgen_melody")
     (folder / "preprocessor_config.json").write_text(json.dumps(dict(

@@ -1,0 +1,210 @@
+"""Fine-tuning a published MusicGen on your own music (`train.py --init-from FOLDER`): what trains, what
+the run folder holds, and how it loads back.
+
+    python train.py --init-from musicgen-small --data my_music --out runs/mine                   # full
+    python train.py --init-from musicgen-small --data my_music --out runs/mine --lora-rank 16    # LoRA
+    python generate.py --run runs/mine --text "..."          # or MusicGen.load("runs/mine")
+
+The training itself is stage 2 of the recipe (stages.train_lm), started from the published weights
+instead of a new LM: the published EnCodec encodes the user's folder once into the codes cache and stays
+frozen, T5 stays frozen (§4.1: both are frozen in MusicGen's own training), and the LM trains on the
+paper's objective with the published model's condition dropout (0.3; melody 0.2). What trains:
+
+    full   every LM weight but T5's: the decoder, the K embeddings and heads, T5's projection (and the
+           melody projection of a melody model)
+    LoRA   lora.add_lora on the decoder's projections (lora.py): only the adapters, r · (in + out) each
+
+A fine-tuned run does not copy the published weights. RUN/lm.pt holds what training changed (the
+adapters, or every trained weight), the LM config it trained with, the step and the optimizer, and a
+pointer to the published folder with a SHA-256 of its files. `MusicGen.load(RUN)` reads that folder
+(pretrained.load_pretrained), refuses it in one line if it is gone or changed, puts the trained tensors
+in and folds LoRA's adapters into the weights (W' = W + (α / r) · B A), so generation runs exactly as
+fast as the published model. `--merge` saves the run that way: lm.pt then holds the merged weights.
+
+Only the training fields of LMConfig may change (FINETUNE_FIELDS: the window, dropout, the loss's
+start weight, guidance); the shapes are the published model's.
+"""
+import hashlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+import lora
+from lm import LMConfig, LMModel
+from published.pretrained import PretrainedError, load_pretrained, read_config, supported_configs
+
+# The LMConfig fields a fine-tune may set with --lm.FIELD=V: how it trains and generates, never a shape.
+FINETUNE_FIELDS = ("window_seconds", "dropout", "cfg_dropout", "melody_dropout", "word_dropout", "start_frames",
+                   "start_weight", "cfg_coef", "trim_prompt_lookahead")
+# The files of a published folder that define the model (load_pretrained reads these): the checksum's input.
+BASE_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json", "*.safetensors", "*.bin", "*.index.json")
+
+
+class FinetuneError(PretrainedError):
+    """A fine-tuned run that cannot be loaded or continued: one line naming the run and the problem."""
+
+
+@dataclass
+class FineTune:
+    """What `train.py --init-from` asks for. base: the published folder; lm_changes: the --lm.FIELD=V
+    of FINETUNE_FIELDS; lora_rank 0 trains every LM weight (full fine-tuning), r > 0 LoRA's adapters of
+    rank r with scale lora_alpha / r on lora_targets (None: lora.TARGETS that the model has); merge:
+    fold the adapters into the weights when the run ends."""
+    base: str
+    lm_changes: dict
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: tuple | None = None
+    merge: bool = False
+
+    def check(self):
+        """Every problem this can see before any work, as FinetuneError: the base folder readable and of a
+        supported kind, only training fields changed, LoRA's numbers in range."""
+        config = read_config(self.base)
+        supported_configs(config, Path(self.base) / "config.json")  # PretrainedError, one line
+        shaped = [name for name in self.lm_changes if name not in FINETUNE_FIELDS]
+        if shaped:
+            raise FinetuneError(f"--lm.{shaped[0]}: a fine-tune keeps the published model's shapes; it may set "
+                                f"{', '.join('--lm.' + f for f in FINETUNE_FIELDS)}")
+        if self.lora_rank < 0 or (self.lora_alpha is not None and not self.lora_alpha > 0):
+            raise FinetuneError(f"--lora-rank must be at least 1 and --lora-alpha positive, got {self.lora_rank} "
+                                f"and {self.lora_alpha}")
+        for target in self.lora_targets or ():
+            if target not in lora.TARGETS or (target.startswith("cross_attention")
+                                              and config["model_type"] == "musicgen_melody"):
+                raise FinetuneError(f"--lora-targets: {target!r} is not a projection of this model's decoder "
+                                    f"(its projections: {', '.join(lora.TARGETS)}; a melody model has no cross_attention)")
+        if self.lora_rank == 0 and (self.merge or self.lora_alpha is not None or self.lora_targets is not None):
+            raise FinetuneError("--lora-alpha, --lora-targets and --merge need --lora-rank R (LoRA fine-tuning)")
+
+    def lora(self, cfg: LMConfig) -> dict | None:
+        """LoRA's settings as stored in the run (None: full fine-tuning). The default targets skip the
+        cross-attention of a model that has none (musicgen-melody prepends its text)."""
+        if self.lora_rank == 0:
+            return None
+        targets = self.lora_targets or tuple(t for t in lora.TARGETS if cfg.text_fusion == "cross"
+                                             or not t.startswith("cross_attention"))
+        return dict(rank=self.lora_rank, alpha=float(self.lora_alpha or self.lora_rank), targets=list(targets))
+
+    def load_base(self):
+        """The published folder → (codec, lm, tokenizer) in our modules (pretrained.load_pretrained)."""
+        return load_pretrained(self.base)
+
+    def build_lm(self, base_lm: LMModel, cfg: LMConfig) -> LMModel:
+        """The LM to train: the published weights in an LM of `cfg` (the base's shapes, this fine-tune's
+        training fields), T5 frozen, and with LoRA the adapters (then only they train)."""
+        return adapted(base_lm, cfg, self.lora(cfg))
+
+    def config(self, base_cfg: LMConfig) -> LMConfig:
+        return replace(base_cfg, **self.lm_changes)
+
+    def save(self, path, lm: LMModel, step: int, optimizer=None):
+        """RUN/lm.pt of a fine-tune, atomically: the trained tensors alone (see the module docstring)."""
+        has_adapters = any(isinstance(m, lora.LoRALinear) for m in lm.modules())
+        save_finetuned(path, lm, self.base, self.lora(lm.cfg) if has_adapters else None, step, optimizer)
+
+    def merged(self, lm: LMModel) -> LMModel:
+        """--merge: the adapters folded into the weights (lora.merge_lora), in place; its trained tensors
+        are then every LM weight but T5's, as a full fine-tune's."""
+        lora.merge_lora(lm)
+        lm.requires_grad_(True)
+        lm.text_encoder.t5.requires_grad_(False)
+        return lm
+
+    def resume(self, ckpt: dict, lm: LMModel, path):
+        """Put a fine-tune checkpoint's trained tensors into `lm` (built by build_lm), after checking it
+        was fine-tuned from this base, the same way."""
+        if "base" not in ckpt:
+            raise FinetuneError(f"{path}: a run trained from scratch; --init-from continues only a fine-tune")
+        if ckpt.get("optimizer") is None:
+            raise FinetuneError(f"{path}: its adapters were merged (--merge), and it has no optimizer state to continue")
+        if ckpt["lora"] != self.lora(lm.cfg):
+            raise FinetuneError(f"{path}: fine-tuned with LoRA {ckpt['lora']}, not {self.lora(lm.cfg)}")
+        check_base(ckpt["base"], path, folder=self.base)
+        load_trained(lm, ckpt["model"], path)
+
+
+def adapted(base_lm: LMModel, cfg: LMConfig, lora_settings: dict | None) -> LMModel:
+    """An LM of `cfg` holding `base_lm`'s weights (the shapes agree: only training fields differ), with
+    LoRA's adapters when `lora_settings` says so. Its trainable parameters are what a fine-tune trains."""
+    lm = LMModel(cfg)
+    lm.load_state_dict(base_lm.state_dict())
+    if lora_settings is not None:
+        lora.add_lora(lm, lora_settings["rank"], lora_settings["alpha"], tuple(lora_settings["targets"]))
+    return lm
+
+
+def trained_state(lm: LMModel) -> dict:
+    """The tensors a fine-tune changes: the parameters that train (T5 and, with LoRA, the base are frozen)."""
+    return {name: p.detach().cpu().clone() for name, p in lm.named_parameters() if p.requires_grad}
+
+
+def load_trained(lm: LMModel, state: dict, where):
+    """Copy a fine-tune's trained tensors into `lm`: exactly the parameters that train there, no more."""
+    expected = {name for name, p in lm.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        name = sorted(set(state) ^ expected)[0]
+        raise FinetuneError(f"{where}: its trained tensors do not fit this LM ({name!r} is "
+                            f"{'missing' if name in expected else 'unexpected'})")
+    lm.load_state_dict(state, strict=False)
+
+
+def base_checksum(folder) -> str:
+    """SHA-256 over the names and bytes of the files that define a published model (BASE_FILES)."""
+    digest = hashlib.sha256()
+    paths = sorted({p for pattern in BASE_FILES for p in Path(folder).glob(pattern) if p.is_file()})
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_base(base: dict, where, folder=None) -> Path:
+    """The run's base folder (or `folder`, the one given now) is there and unchanged: its checksum is the
+    one saved when the fine-tune started. FinetuneError, one line, otherwise."""
+    folder = Path(folder if folder is not None else base["folder"])
+    if not (folder / "config.json").is_file():
+        raise FinetuneError(f"{where}: fine-tuned from {folder}, which is gone (no config.json): put the published "
+                            f"folder back there")
+    if base_checksum(folder) != base["sha256"]:
+        raise FinetuneError(f"{where}: fine-tuned from {base['folder']}, but the files of {folder} have changed since "
+                            f"(SHA-256 differs): the adapters fit only the weights they were trained on")
+    return folder
+
+
+def save_finetuned(path, lm: LMModel, base_folder, lora_settings, step: int, optimizer=None, checksum=None):
+    """Atomic write (temp file + rename) of a fine-tuned run's lm.pt."""
+    folder = Path(base_folder).resolve()
+    ckpt = dict(config=asdict(lm.cfg), model=trained_state(lm), lora=lora_settings, step=step, vocab=None,
+                base=dict(folder=str(folder), sha256=checksum or cached_checksum(folder)),
+                optimizer=optimizer.state_dict() if optimizer is not None else None)
+    tmp = Path(f"{path}.tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+
+
+_CHECKSUMS = {}  # folder -> (its files' sizes and times, checksum): a run saves often, the base never changes
+
+
+def cached_checksum(folder: Path) -> str:
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
+    if _CHECKSUMS.get(folder, (None,))[0] != stamp:
+        _CHECKSUMS[folder] = (stamp, base_checksum(folder))
+    return _CHECKSUMS[folder][1]
+
+
+def load_finetuned(ckpt: dict, where) -> tuple:
+    """A fine-tuned run's lm.pt (read) → (codec, lm, tokenizer) in eval mode, the adapters merged."""
+    folder = check_base(ckpt["base"], where)
+    codec, base_lm, tokenizer = load_pretrained(folder)
+    try:
+        lm = adapted(base_lm, LMConfig(**ckpt["config"]), ckpt["lora"])
+    except (TypeError, ValueError) as error:
+        raise FinetuneError(f"{where}: its config does not fit {folder} ({type(error).__name__}: {error})") from None
+    load_trained(lm, ckpt["model"], where)
+    if ckpt["lora"] is not None:
+        lora.merge_lora(lm)  # generation at the base model's speed (merged == unmerged: tests/test_lora.py)
+    return codec, lm.eval(), tokenizer
