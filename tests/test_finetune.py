@@ -194,7 +194,7 @@ def test_bad_fine_tune_flags_are_refused_before_any_work(base, folder, tmp_path,
 def test_lora_flags_without_a_base_and_a_missing_base_are_refused(tmp_path, capsys):
     for argv, message in ((["--lora-rank", "4"], "add --init-from"),
                           (["--init-from", str(tmp_path), "--data", "data/toy"], "needs --data DIR"),
-                          (["--init-from", str(tmp_path / "nothing")], "config.json: missing")):
+                          (["--init-from", str(tmp_path / "nothing"), "--data", str(tmp_path)], "config.json: missing")):
         with pytest.raises(SystemExit) as exit_info:
             train.main(argv + ["--out", str(tmp_path / "x")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
