@@ -280,9 +280,9 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     if finetune is None:  # from scratch: the codec of stage 1
         codec, _ = load_codec(out / "codec.pt")
         cfg = lm_config_for(codec, preset.lm)
-    else:  # from a published MusicGen: its EnCodec, T5 and LM; the LM's training fields from the command line
-        codec, base_lm, tokenizer = finetune.load_base()
-        cfg = finetune.config(base_lm.cfg)
+    else:  # from a published MusicGen: its EnCodec, T5 and LM (with LoRA: its adapters), the LM's training fields ours
+        codec, lm, tokenizer = finetune.load_base()
+        cfg = lm.cfg
     codec = codec.to(device).eval()
     resume_path = out / "lm.pt"
     log = print if rank.main else (lambda *a, **k: None)
@@ -324,8 +324,10 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     # CFG dropout (null condition for all) and melody attribute dropout, §2.4 / §3.
     condition_dropout = ConditionDropout(cfg.cfg_dropout, cfg.melody_dropout)
 
-    # ---- model: a new LM, or the published one (with LoRA: its adapters alone train) ----
-    lm = (LMModel(cfg) if finetune is None else finetune.build_lm(base_lm, cfg)).to(device)
+    # ---- model: a new LM (a fine-tune's is the published one, loaded above) ----
+    if finetune is None:
+        lm = LMModel(cfg)
+    lm = lm.to(device)
     lm.transformer.checkpoint_activations = checkpoint_activations
     n_params = sum(p.numel() for p in lm.parameters())
     n_trained = sum(p.numel() for p in lm.parameters() if p.requires_grad)
@@ -365,10 +367,11 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     # ---- loop ----
     lm.train()
     bar = tqdm(total=max_steps, initial=step, desc="lm", dynamic_ncols=True, disable=not rank.main)
-    tokens_seen, started = 0, time.time()
+    tokens_seen, started, step_seconds = 0, time.time(), []
     valid, losses, curve = None, [], []  # curve: [step, loss, cross-entropy per codebook] for the page
     try:
         while step < max_steps:
+            began = time.perf_counter()
             # lr schedule: warmup + cosine (paper §4.1)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, max_steps, preset.lm_warmup, preset.lm_lr)
@@ -397,6 +400,7 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            step_seconds.append(time.perf_counter() - began)
             loss, per_codebook = ddp.mean_over_ranks(loss_sum, rank), ddp.mean_over_ranks(per_codebook_sum, rank)
             tokens_seen += batch_codes.numel() * rank.world
             losses.append(loss.item())
@@ -433,12 +437,27 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
         if finetune is not None and finetune.merge:  # --merge: the adapters folded in, lm.pt the merged weights
             save_lm_stage(resume_path, finetune.merged(lm), tokenizer, step, None, finetune)
     seconds = time.time() - started
+    seconds_per_step = float(np.median(step_seconds)) if step_seconds else 0.0
+    log(f"lm: {len(step_seconds)} steps, {seconds_per_step:.3g} s a step (median), peak memory "
+        f"{peak_memory_gb(device):.2f} GB")
     if not rank.main:
         return dict(steps=step, seconds=seconds, losses=losses)
     if valid is None:
         valid = evaluate_lm(objective, tokenizer, valid_split, valid_pool, window, preset.lm_batch, autocast)
     return dict(valid_loss_per_codebook=valid.tolist(), valid_loss=float(valid.mean()), steps=step,
-                seconds=seconds, losses=losses, tokens_per_second=tokens_seen / max(seconds, 1e-9))
+                seconds=seconds, losses=losses, tokens_per_second=tokens_seen / max(seconds, 1e-9),
+                seconds_per_step=seconds_per_step)
+
+
+def peak_memory_gb(device) -> float:
+    """The process's peak resident memory (Linux: VmHWM; nan elsewhere), or on CUDA the most the
+    allocator held."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    status = Path("/proc/self/status")
+    peak = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:")] \
+        if status.exists() else []
+    return int(peak[0]) * 1024 / 1e9 if peak else float("nan")  # kB -> GB
 
 
 # ---- what stage 2 calls ------------------------------------------------------------------------------

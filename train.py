@@ -29,13 +29,14 @@ import lora
 import page
 import toy
 from audio import write_audio
-from encodec import EncodecConfig
-from lm import LMConfig, check_input_codebooks
+from encodec import EncodecConfig, EncodecModel
+from lm import LMConfig, LMModel, check_input_codebooks
+from losses import ReconstructionLoss
 from musicgen import MusicGen
 from patterns import make_pattern
 from published.finetune import FineTune
 from published.pretrained import PretrainedError
-from stages import train_codec, train_lm
+from stages import lm_config_for, train_codec, train_lm
 
 
 @dataclass
@@ -162,6 +163,55 @@ def pick_device(name: str) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+# ==== how long the run will take on this machine: a few timed steps of both models, before any work ====
+def seconds_per_step(preset: "Preset", device, steps: int = 3) -> dict:
+    """{"codec": (warm-up step, quantized step), "lm": step} in seconds on this machine: the models' forward,
+    loss, backward and optimizer step timed on random inputs of the stages' shapes (the median of `steps`
+    after one call that warms up). Data reading, evaluations and samples come on top; the adversary too."""
+    torch.manual_seed(0)
+    codec = EncodecModel(preset.codec).to(device)
+    reconstruction_loss = ReconstructionLoss(preset.codec).to(device)
+    crop = max(1, round(preset.codec_crop_seconds * codec.frame_rate)) * codec.hop_length
+    wav = 0.1 * torch.randn(preset.codec_batch, 1, crop, device=device)  # (B, 1, crop)
+    lm = LMModel(lm_config_for(codec, preset.lm, text_vocab_size=64)).to(device)
+    codes = torch.randint(0, codec.codebook_size, (preset.lm_batch, codec.n_q, lm.cfg.window_frames), device=device)
+    melody = 0.1 * torch.randn(preset.lm_batch, 1, lm.cfg.window_frames * codec.hop_length, device=device)
+    ids, mask = torch.randint(1, 64, (preset.lm_batch, 12), device=device), torch.ones(preset.lm_batch, 12, dtype=torch.bool, device=device)
+    optimizers = {"codec": torch.optim.Adam(codec.parameters(), lr=0.0), "lm": torch.optim.AdamW(lm.parameters(), lr=0.0)}
+    timed = {}
+    for name in ("codec warm-up", "codec", "lm"):
+        times = []
+        for _ in range(steps + 1):
+            began = time.perf_counter()
+            if name == "lm":
+                text, text_mask = lm.encode_text(ids, mask)  # (B, L) -> (B, L, D)
+                loss = lm.compute_loss(codes, text, text_mask, lm.chroma(melody))[0]
+            else:
+                recon, _, commitment = codec(wav, quantize=name == "codec")  # (B, 1, crop) -> (B, 1, crop)
+                loss = reconstruction_loss(wav, recon, commitment)[0]
+            loss.backward()
+            optimizers[name.split()[0]].step()
+            optimizers[name.split()[0]].zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - began)
+        timed[name] = sorted(times[1:])[len(times[1:]) // 2]
+    return dict(codec=(timed["codec warm-up"], timed["codec"]), lm=timed["lm"])
+
+
+def announce(preset: "Preset", stages: list, device, out: Path) -> float:
+    """Print how long the stages' steps will take here and what the run writes; returns the seconds."""
+    per_step = seconds_per_step(preset, device)
+    warmup = round(preset.codec_quantizer_warmup * preset.codec_steps)
+    seconds = {"codec": warmup * per_step["codec"][0] + (preset.codec_steps - warmup) * per_step["codec"][1],
+               "lm": preset.lm_steps * per_step["lm"]}
+    seconds = {stage: seconds[stage] for stage in stages}
+    print("on this machine the steps will take about " + ", ".join(
+        f"{stage} {seconds[stage] / 60:.1f} min ({getattr(preset, stage + '_steps')} steps)" for stage in stages)
+          + f"; data, evaluations and samples add some. It writes {out}/"
+          + ", ".join(name for stage, name in (("codec", "codec.pt"), ("lm", "lm.pt, samples/*.wav")) if stage in stages)
+          + " and index.html.")
+    return sum(seconds.values())
 
 
 # ==== samples: what a reader listens to at the end =====================================================
@@ -390,6 +440,8 @@ def parse_args(argv=None):
     tune.add_argument("--lora-targets", help="comma-separated projections to adapt (default: "
                                              + ",".join(lora.TARGETS) + ", those the model has)")
     tune.add_argument("--merge", action="store_true", help="fold the adapters into the weights when the run ends")
+    p.add_argument("--no-samples", action="store_true",
+                   help="no samples on the training page nor in OUT/samples (a fine-tune on a CPU: minutes each)")
     p.add_argument("--checkpoint-activations", action="store_true",
                    help="recompute each decoder block in backward instead of storing it: less memory, ~1/3 more time")
     p.epilog = ("Any config field too, after the preset: --lm.FIELD=V (LMConfig), --codec.FIELD=V (EncodecConfig), "
@@ -459,6 +511,10 @@ def run(args, rank):
         page.start(out, recipe_rows(preset), make_pattern(preset.lm.pattern, preset.codec.n_q).grid(8),
                    f"MusicGen from scratch: {out}")
         print(f"training page: {out / 'index.html'} (reload it to follow the run)")
+    stages = ["codec", "lm"] if args.stage == "all" else [args.stage]
+    estimate = None
+    if rank.main and not finetune and sum(getattr(preset, stage + "_steps") for stage in stages) >= 100:
+        estimate = announce(preset, stages, device, out)  # a few seconds; a short run needs no forecast
     common = dict(seed=args.seed, device=device, resume=args.resume, eval_every=args.eval_every, rank=rank,
                   micro_batch=args.micro_batch, workers=args.workers)
     if args.stage in ("codec", "all"):
@@ -468,17 +524,19 @@ def run(args, rank):
     ddp.barrier(rank)  # codec.pt is written (by rank 0) before any process reads it
     if args.stage in ("lm", "all"):
         t0 = time.time()
-        train_lm(out, data_dir, preset, compile=args.compile, snapshots=page.SNAPSHOTS, finetune=finetune,
+        train_lm(out, data_dir, preset, compile=args.compile, snapshots=() if args.no_samples else page.SNAPSHOTS,
+                 finetune=finetune,
                  checkpoint_activations=args.checkpoint_activations, **common)
         timings["lm"] = time.time() - t0
-        if rank.main:
+        if rank.main and not args.no_samples:
             t0 = time.time()
             print(f"samples in {out / 'samples'}:")
             write_samples(out, data_dir, seed=args.seed)
             timings["samples"] = time.time() - t0
     if rank.main:
         print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-              + f"; total {time.time() - started:.0f} s, of which the training page {page.load(out)['seconds']:.0f} s")
+              + f"; total {time.time() - started:.0f} s, of which the training page {page.load(out)['seconds']:.0f} s"
+              + (f" (the steps were forecast at {estimate:.0f} s)" if estimate else ""))
         print(f'generate more: python generate.py --run {out} --text "a cheerful fast tune on a plucked guitar" --out out.wav')
 
 

@@ -25,7 +25,7 @@ Only the training fields of LMConfig may change (FINETUNE_FIELDS: the window, dr
 start weight, guidance); the shapes are the published model's.
 """
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -88,16 +88,11 @@ class FineTune:
         return dict(rank=self.lora_rank, alpha=float(self.lora_alpha or self.lora_rank), targets=list(targets))
 
     def load_base(self):
-        """The published folder → (codec, lm, tokenizer) in our modules (pretrained.load_pretrained)."""
-        return load_pretrained(self.base)
-
-    def build_lm(self, base_lm: LMModel, cfg: LMConfig) -> LMModel:
-        """The LM to train: the published weights in an LM of `cfg` (the base's shapes, this fine-tune's
-        training fields), T5 frozen, and with LoRA the adapters (then only they train)."""
-        return adapted(base_lm, cfg, self.lora(cfg))
-
-    def config(self, base_cfg: LMConfig) -> LMConfig:
-        return replace(base_cfg, **self.lm_changes)
+        """The published folder → (codec, lm, tokenizer) in our modules (pretrained.load_pretrained), the
+        LM built with this fine-tune's training fields (lm.cfg: the published shapes, our window, ...)
+        and, with LoRA, its adapters: then only they train (T5 is frozen either way)."""
+        codec, lm, tokenizer = load_pretrained(self.base, changes=self.lm_changes)
+        return codec, with_lora(lm.train(), self.lora(lm.cfg)), tokenizer
 
     def save(self, path, lm: LMModel, step: int, optimizer=None):
         """RUN/lm.pt of a fine-tune, atomically: the trained tensors alone (see the module docstring)."""
@@ -125,11 +120,9 @@ class FineTune:
         load_trained(lm, ckpt["model"], path)
 
 
-def adapted(base_lm: LMModel, cfg: LMConfig, lora_settings: dict | None) -> LMModel:
-    """An LM of `cfg` holding `base_lm`'s weights (the shapes agree: only training fields differ), with
-    LoRA's adapters when `lora_settings` says so. Its trainable parameters are what a fine-tune trains."""
-    lm = LMModel(cfg)
-    lm.load_state_dict(base_lm.state_dict())
+def with_lora(lm: LMModel, lora_settings: dict | None) -> LMModel:
+    """`lm` with LoRA's adapters when `lora_settings` says so (in place). Its trainable parameters are
+    then what the fine-tune trains."""
     if lora_settings is not None:
         lora.add_lora(lm, lora_settings["rank"], lora_settings["alpha"], tuple(lora_settings["targets"]))
     return lm
@@ -199,11 +192,9 @@ def cached_checksum(folder: Path) -> str:
 def load_finetuned(ckpt: dict, where) -> tuple:
     """A fine-tuned run's lm.pt (read) → (codec, lm, tokenizer) in eval mode, the adapters merged."""
     folder = check_base(ckpt["base"], where)
-    codec, base_lm, tokenizer = load_pretrained(folder)
-    try:
-        lm = adapted(base_lm, LMConfig(**ckpt["config"]), ckpt["lora"])
-    except (TypeError, ValueError) as error:
-        raise FinetuneError(f"{where}: its config does not fit {folder} ({type(error).__name__}: {error})") from None
+    changes = {name: ckpt["config"][name] for name in FINETUNE_FIELDS if name in ckpt["config"]}
+    codec, lm, tokenizer = load_pretrained(folder, changes=changes)
+    with_lora(lm, ckpt["lora"])
     load_trained(lm, ckpt["model"], where)
     if ckpt["lora"] is not None:
         lora.merge_lora(lm)  # generation at the base model's speed (merged == unmerged: tests/test_lora.py)

@@ -39,6 +39,7 @@ import json
 import math
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -401,7 +402,7 @@ def read_chroma_sizes(folder, sample_rate: int) -> dict:
     return dict(chroma_n_fft=n_fft, chroma_hop_length=hop)
 
 
-def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
+def load_pretrained(folder, device="cpu", dtype=None, changes=None) -> tuple:
     """A published MusicGen folder → (codec, lm, tokenizer) in our modules, in eval mode.
 
     Args:
@@ -409,7 +410,8 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
             weights, tokenizer.json), e.g. facebook/musicgen-small downloaded, or of
             MusicgenMelodyForConditionalGeneration (facebook/musicgen-melody; also preprocessor_config.json).
         device: where the models go. dtype: the LM's floating dtype (None: float32); the codec and
-            the chroma filters stay float32.
+            the chroma filters stay float32. changes: LMConfig fields that do not change a shape (a
+            fine-tune's window, dropout, ...: published/finetune.py), set as the LM is built.
     Returns:
         codec (encodec.EncodecModel), lm (lm.LMModel with the frozen T5), tokenizer (t5.UnigramTokenizer).
     Raises:
@@ -426,13 +428,13 @@ def load_pretrained(folder, device="cpu", dtype=None) -> tuple:
         tokenizer = UnigramTokenizer.from_file(folder / "tokenizer.json")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise PretrainedError(f"{folder / 'tokenizer.json'}: cannot read T5's tokenizer ({first_line(error)})") from None
-    codec, lm = models_from_hf(config, read_state_dict(folder), chroma_sizes, where=folder)
+    codec, lm = models_from_hf(config, read_state_dict(folder), chroma_sizes, where=folder, changes=changes)
     return codec.to(device).eval(), lm.to(device, dtype).eval(), tokenizer  # the chroma's filters stay float32
 
 
-def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -> tuple:
+def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights", changes=None) -> tuple:
     """HF's config dict and state dict (from a folder, or from a model in memory: experiments/benchmark.py) → our
-    (codec, lm) in float32. chroma_sizes: read_chroma_sizes' dict, for a melody model."""
+    (codec, lm) in float32. chroma_sizes: read_chroma_sizes' dict, for a melody model; changes: as load_pretrained's."""
     text, audio, decoder = supported_configs(config, where)
     melody = config["model_type"] == "musicgen_melody"
     unknown = [key for key in sd if not key.startswith(PREFIXES)]
@@ -457,9 +459,10 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights") -
                        text_layers=text.get("num_layers", 12), text_heads=text.get("num_heads", 12), **fusions)
         if T5Config.from_hf(text) != t5_config(cfg):
             raise ValueError(f"T5 {T5Config.from_hf(text)} is not T5's standard layout {t5_config(cfg)}")
-        lm = LMModel(cfg)
-        if melody and config["chroma_length"] != lm.melody_frames:
-            raise ValueError(f"chroma_length {config['chroma_length']} is not the {lm.melody_frames} chroma frames "
+        lm = LMModel(replace(cfg, **(changes or {})))
+        frames = lm.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]  # F of 30 s
+        if melody and config["chroma_length"] != frames:
+            raise ValueError(f"chroma_length {config['chroma_length']} is not the {frames} chroma frames "
                              f"of a {cfg.window_seconds:g} s window")
         weights = lm_state_dict_from_hf(sd)
         weights |= {"text_encoder.t5." + k: v for k, v in t5_state_dict_from_hf(sd, prefix="text_encoder.").items()}

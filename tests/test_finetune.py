@@ -12,16 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+import data
+import lora
 import toy
 import train
-from lm import LMModel
 from musicgen import MusicGen
-from published.finetune import FineTune, FinetuneError
+from published.finetune import FinetuneError
 
 transformers = pytest.importorskip("transformers")
+import test_musicgen_melody_hf as melody  # noqa: E402
 from test_musicgen_hf import save, tiny_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +59,6 @@ def heldout_loss(run_or_model, folder):
     """The plain cross-entropy of the model on the held-out clips' first windows (their codes by the base's
     codec), with their descriptions: what the fine-tune never trained on."""
     model = run_or_model if isinstance(run_or_model, MusicGen) else MusicGen.load(run_or_model)
-    import data
     clips = data.load_clips(folder, model.sample_rate, split="heldout")
     assert len(clips) >= 3
     window = model.lm.cfg.window_frames
@@ -80,7 +83,7 @@ def test_a_lora_fine_tune_lowers_the_heldout_loss_and_saves_only_adapters(base, 
     before, after = heldout_loss(published, folder), heldout_loss(lora_run, folder)
     assert after < before - 0.05, (before, after)
     ckpt = torch.load(lora_run / "lm.pt", weights_only=True)
-    assert ckpt["lora"] == dict(rank=4, alpha=32.0, targets=list(__import__("lora").TARGETS))
+    assert ckpt["lora"] == dict(rank=4, alpha=32.0, targets=list(lora.TARGETS))
     assert ckpt["model"] and all(".lora_A" in k or ".lora_B" in k for k in ckpt["model"])
     assert ckpt["base"]["folder"] == str(base.resolve()) and len(ckpt["base"]["sha256"]) == 64
     assert not (lora_run / "codec.pt").exists()  # the codec is the published one
@@ -95,14 +98,12 @@ def test_a_fine_tuned_run_generates_with_generate_py(lora_run, tmp_path):
                              "--duration", "0.04", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    import soundfile as sf
     wav, rate = sf.read(out)
     assert rate == 8000 and len(wav) == 0.04 * 8000 and abs(wav).max() > 0
 
 
 def test_the_loaded_run_is_the_base_plus_the_merged_adapters(base, lora_run):
     """MusicGen.load merges the adapters: the same logits as the base with W + (α / r) B A put in by hand."""
-    import lora
     model = MusicGen.load(lora_run)
     ckpt = torch.load(lora_run / "lm.pt", weights_only=True)
     published = MusicGen.from_pretrained(base)
@@ -166,7 +167,7 @@ def test_merge_saves_the_merged_weights(base, folder, tmp_path):
 def test_a_stereo_model_fine_tunes_and_generates_stereo(stereo_base, folder, tmp_path):
     out = tmp_path / "stereo"
     finetune(stereo_base, folder, out, "--lora-rank", "2", steps=3)
-    codes = torch.from_numpy(__import__("numpy").load(out / "codes" / "train.npy", mmap_mode="r")[:, :5].copy())
+    codes = torch.from_numpy(np.load(out / "codes" / "train.npy", mmap_mode="r")[:, :5].copy())
     assert codes.shape[0] == 8  # 2 channels × K = 4, level by level
     model = MusicGen.load(out)
     model.set_generation_params(duration=0.01)
@@ -202,7 +203,6 @@ def test_lora_flags_without_a_base_and_a_missing_base_are_refused(tmp_path, caps
 
 def test_a_melody_model_fine_tunes_with_lora_and_follows_a_melody(tmp_path_factory, folder, tmp_path):
     """musicgen-melody has no cross-attention: the default LoRA targets skip it; its chroma trains along."""
-    import test_musicgen_melody_hf as melody
     _, base = melody.save_melody(tmp_path_factory)
     out = tmp_path / "melody"
     finetune(base, folder, out, "--lora-rank", "2", steps=3)
