@@ -39,6 +39,7 @@ import json
 import math
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -459,7 +460,8 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights", c
                        text_layers=text.get("num_layers", 12), text_heads=text.get("num_heads", 12), **fusions)
         if T5Config.from_hf(text) != t5_config(cfg):
             raise ValueError(f"T5 {T5Config.from_hf(text)} is not T5's standard layout {t5_config(cfg)}")
-        lm = LMModel(replace(cfg, **(changes or {})))
+        with init_skipped():  # every weight is about to be replaced: allocate, never write, the random ones
+            lm = LMModel(replace(cfg, **(changes or {})))
         frames = lm.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]  # F of 30 s
         if melody and config["chroma_length"] != frames:
             raise ValueError(f"chroma_length {config['chroma_length']} is not the {frames} chroma frames "
@@ -477,12 +479,31 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights", c
             name = (missing or extra or misshaped)[0]
             raise ValueError(f"missing weight for our {name}" if missing else f"no place for weight {name}" if extra
                              else f"{name} is {tuple(weights[name].shape)}, ours {tuple(expected[name].shape)}")
-        lm.load_state_dict(weights)  # every weight of ours filled, no published one left over
+        # Every weight of ours filled, no published one left over; assign: the read tensors become the
+        # parameters (no copy), so the published weights are in memory once.
+        lm.load_state_dict(weights, assign=True)
     except PretrainedError:
         raise
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise PretrainedError(f"{where}: does not fit our MusicGen ({first_line(error)})") from None
     return codec.eval(), lm.eval()
+
+
+@contextmanager
+def init_skipped():
+    """Within it, torch.nn.init's fills do nothing: a model built to be overwritten by published weights
+    allocates its parameters but never writes them, and untouched memory is not resident (a 530M model's
+    random init would otherwise double the peak memory of loading it)."""
+    names = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+             "trunc_normal_", "zeros_", "ones_", "constant_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def first_line(error: Exception) -> str:
