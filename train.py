@@ -29,13 +29,13 @@ import lora
 import page
 import toy
 from audio import write_audio
-from encodec import EncodecConfig, EncodecModel
+from encodec import EncodecConfig, EncodecModel, read_checkpoint
 from lm import LMConfig, LMModel, check_input_codebooks
 from losses import ReconstructionLoss
 from musicgen import MusicGen
 from patterns import make_pattern
 from published.finetune import FineTune
-from published.pretrained import PretrainedError
+from published.pretrained import PretrainedError, read_config
 from stages import lm_config_for, train_codec, train_lm
 
 
@@ -392,7 +392,11 @@ def finetune_request(args) -> FineTune:
     finetune = FineTune(args.init_from, lm_changes, args.lora_rank, args.lora_alpha, targets, args.merge)
     try:
         finetune.check()
-    except PretrainedError as error:  # one line naming the folder or the flag
+        resumed = Path(args.out) / "lm.pt"
+        if args.resume and resumed.exists():  # continues this fine-tune: the same base, the same way
+            text_fusion = "prepend" if read_config(args.init_from)["model_type"] == "musicgen_melody" else "cross"
+            finetune.check_resume(read_checkpoint(resumed, "LM"), resumed, text_fusion)
+    except (PretrainedError, ValueError, FileNotFoundError) as error:  # one line naming the file or the flag
         fail(str(error))
     return finetune
 
@@ -463,6 +467,8 @@ def main(argv=None):
         run(args, rank)
     except data.DataError as error:  # the stage saved its checkpoint first
         fail(f"{error}; the run is saved at its last step: fix or remove the file, then --resume")
+    except PretrainedError as error:  # a published folder that broke after its check (one line)
+        fail(str(error))
     finally:
         ddp.teardown()
 

@@ -107,16 +107,21 @@ class FineTune:
         lm.text_encoder.t5.requires_grad_(False)
         return lm
 
-    def resume(self, ckpt: dict, lm: LMModel, path):
-        """Put a fine-tune checkpoint's trained tensors into `lm` (built by build_lm), after checking it
-        was fine-tuned from this base, the same way."""
+    def check_resume(self, ckpt: dict, path, text_fusion: str):
+        """A checkpoint this fine-tune can continue: fine-tuned from this base (its checksum), the same way
+        (full, or LoRA with the same settings), with its optimizer state. FinetuneError, one line, if not."""
         if "base" not in ckpt:
             raise FinetuneError(f"{path}: a run trained from scratch; --init-from continues only a fine-tune")
         if ckpt.get("optimizer") is None:
             raise FinetuneError(f"{path}: its adapters were merged (--merge), and it has no optimizer state to continue")
-        if ckpt["lora"] != self.lora(lm.cfg):
-            raise FinetuneError(f"{path}: fine-tuned with LoRA {ckpt['lora']}, not {self.lora(lm.cfg)}")
+        ours = self.lora(LMConfig(text_fusion=text_fusion))
+        if ckpt["lora"] != ours:
+            raise FinetuneError(f"{path}: fine-tuned with LoRA {ckpt['lora']}, not {ours} (give the flags it started with)")
         check_base(ckpt["base"], path, folder=self.base)
+
+    def resume(self, ckpt: dict, lm: LMModel, path):
+        """Put a fine-tune checkpoint's trained tensors into `lm` (from load_base), after check_resume."""
+        self.check_resume(ckpt, path, lm.cfg.text_fusion)
         load_trained(lm, ckpt["model"], path)
 
 
@@ -162,7 +167,7 @@ def check_base(base: dict, where, folder=None) -> Path:
     if not (folder / "config.json").is_file():
         raise FinetuneError(f"{where}: fine-tuned from {folder}, which is gone (no config.json): put the published "
                             f"folder back there")
-    if base_checksum(folder) != base["sha256"]:
+    if cached_checksum(folder.resolve()) != base["sha256"]:
         raise FinetuneError(f"{where}: fine-tuned from {base['folder']}, but the files of {folder} have changed since "
                             f"(SHA-256 differs): the adapters fit only the weights they were trained on")
     return folder

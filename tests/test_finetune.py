@@ -154,6 +154,18 @@ def test_a_fine_tune_resumes_exactly(base, folder, tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), name
 
 
+def test_resuming_another_kind_of_fine_tune_is_refused_before_any_work(base, folder, tmp_path, capsys):
+    out = tmp_path / "full"
+    finetune(base, folder, out, steps=2)
+    capsys.readouterr()
+    for flags, message in ((["--lora-rank", "2"], "fine-tuned with LoRA None"),):
+        with pytest.raises(SystemExit) as exit_info:
+            finetune(base, folder, out, "--resume", *flags, steps=4)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert torch.load(out / "lm.pt", weights_only=True)["step"] == 2
+
+
 def test_merge_saves_the_merged_weights(base, folder, tmp_path):
     out = tmp_path / "merged"
     finetune(base, folder, out, "--lora-rank", "2", "--lora-alpha", "8", "--merge", steps=3)
