@@ -515,7 +515,7 @@ def run(args, rank):
     data_dir = checked_data(args.data, out, args.skip_bad, preset.lm.window_seconds if args.stage != "codec" else 0, rank)
     if rank.main:  # the training page, rewritten as the run goes (page.py)
         page.start(out, recipe_rows(preset), make_pattern(preset.lm.pattern, preset.codec.n_q).grid(8),
-                   f"MusicGen from scratch: {out}")
+                   f"MusicGen fine-tuned from {args.init_from}: {out}" if finetune else f"MusicGen from scratch: {out}")
         print(f"training page: {out / 'index.html'} (reload it to follow the run)")
     stages = ["codec", "lm"] if args.stage == "all" else [args.stage]
     estimate = None
