@@ -344,9 +344,9 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
                              "generate.py and evaluate.py read it, a resume needs a new LM run")
         if finetune is None:
             lm.load_state_dict(ckpt["model"])
-        else:
-            finetune.resume(ckpt, lm, resume_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        else:  # the trained tensors of lm.pt, the optimizer's state of optimizer.pt (published/finetune.py)
+            optimizer.load_state_dict(finetune.resume(ckpt, lm, resume_path))
         step = ckpt["step"]
         log(f"resumed the LM from {resume_path} at step {step}")
     # On a GPU the LM runs in bfloat16 autocast (matrix products in bf16, the softmax and the loss in

@@ -112,17 +112,18 @@ class FineTune:
         (full, or LoRA with the same settings), with its optimizer state. FinetuneError, one line, if not."""
         if "base" not in ckpt:
             raise FinetuneError(f"{path}: a run trained from scratch; --init-from continues only a fine-tune")
-        if ckpt.get("optimizer") is None:
-            raise FinetuneError(f"{path}: its adapters were merged (--merge), and it has no optimizer state to continue")
+        optimizer_state(path, ckpt["step"])
         ours = self.lora(LMConfig(text_fusion=text_fusion))
         if ckpt["lora"] != ours:
             raise FinetuneError(f"{path}: fine-tuned with LoRA {ckpt['lora']}, not {ours} (give the flags it started with)")
         check_base(ckpt["base"], path, folder=self.base)
 
-    def resume(self, ckpt: dict, lm: LMModel, path):
-        """Put a fine-tune checkpoint's trained tensors into `lm` (from load_base), after check_resume."""
+    def resume(self, ckpt: dict, lm: LMModel, path) -> dict:
+        """Put a fine-tune checkpoint's trained tensors into `lm` (from load_base), after check_resume;
+        returns the optimizer's state (optimizer.pt)."""
         self.check_resume(ckpt, path, lm.cfg.text_fusion)
         load_trained(lm, ckpt["model"], path)
+        return optimizer_state(path, ckpt["step"])
 
 
 def with_lora(lm: LMModel, lora_settings: dict | None) -> LMModel:
@@ -173,15 +174,37 @@ def check_base(base: dict, where, folder=None) -> Path:
     return folder
 
 
-def save_finetuned(path, lm: LMModel, base_folder, lora_settings, step: int, optimizer=None, checksum=None):
-    """Atomic write (temp file + rename) of a fine-tuned run's lm.pt."""
+def save_finetuned(path, lm: LMModel, base_folder, lora_settings, step: int, optimizer=None):
+    """A fine-tuned run's lm.pt, alone and small (what generation needs), and beside it optimizer.pt (what
+    --resume needs too: AdamW's two moments, twice the trained tensors' bytes), each written atomically
+    (temp file + rename), the optimizer first; both say their step, which a resume checks. Without an
+    optimizer (--merge) optimizer.pt is removed: a merged run does not continue."""
     folder = Path(base_folder).resolve()
-    ckpt = dict(config=asdict(lm.cfg), model=trained_state(lm), lora=lora_settings, step=step, vocab=None,
-                base=dict(folder=str(folder), sha256=checksum or cached_checksum(folder)),
-                optimizer=optimizer.state_dict() if optimizer is not None else None)
+    states = Path(path).with_name("optimizer.pt")
+    if optimizer is not None:
+        atomic_save(dict(step=step, optimizer=optimizer.state_dict()), states)
+    else:
+        states.unlink(missing_ok=True)
+    atomic_save(dict(config=asdict(lm.cfg), model=trained_state(lm), lora=lora_settings, step=step, vocab=None,
+                     base=dict(folder=str(folder), sha256=cached_checksum(folder)), optimizer=None), path)
+
+
+def atomic_save(obj: dict, path):
     tmp = Path(f"{path}.tmp")
-    torch.save(ckpt, tmp)
+    torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def optimizer_state(path, step: int) -> dict:
+    """optimizer.pt beside a fine-tune's lm.pt (`path`), checked to be of the same step."""
+    states = Path(path).with_name("optimizer.pt")
+    if not states.is_file():
+        raise FinetuneError(f"{path}: no optimizer.pt beside it (a --merge'd run does not continue)")
+    saved = torch.load(states, map_location="cpu", weights_only=True)
+    if saved.get("step") != step:
+        raise FinetuneError(f"{states}: of step {saved.get('step')}, lm.pt of step {step} (a save was interrupted): "
+                            f"start the fine-tune again")
+    return saved["optimizer"]
 
 
 _CHECKSUMS = {}  # folder -> (its files' sizes and times, checksum): a run saves often, the base never changes

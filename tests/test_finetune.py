@@ -87,6 +87,7 @@ def test_a_lora_fine_tune_lowers_the_heldout_loss_and_saves_only_adapters(base, 
     assert ckpt["model"] and all(".lora_A" in k or ".lora_B" in k for k in ckpt["model"])
     assert ckpt["base"]["folder"] == str(base.resolve()) and len(ckpt["base"]["sha256"]) == 64
     assert not (lora_run / "codec.pt").exists()  # the codec is the published one
+    assert ckpt["optimizer"] is None and torch.load(lora_run / "optimizer.pt", weights_only=True)["step"] == 30
     # Only the adapters changed: the loaded model without its adapters is the published model.
     trained = sum(t.numel() for t in ckpt["model"].values())
     assert trained < 0.2 * sum(p.numel() for p in published.lm.parameters())
@@ -158,7 +159,13 @@ def test_resuming_another_kind_of_fine_tune_is_refused_before_any_work(base, fol
     out = tmp_path / "full"
     finetune(base, folder, out, steps=2)
     capsys.readouterr()
-    for flags, message in ((["--lora-rank", "2"], "fine-tuned with LoRA None"),):
+    states = torch.load(out / "optimizer.pt", weights_only=True)
+    for flags, message in ((["--lora-rank", "2"], "fine-tuned with LoRA None"), ([], "of step 1, lm.pt of step 2"),
+                           ([], "no optimizer.pt")):
+        if message.startswith("of step"):  # a save interrupted between its two files
+            torch.save(dict(states, step=1), out / "optimizer.pt")
+        if message.startswith("no optimizer"):  # a --merge'd run
+            (out / "optimizer.pt").unlink()
         with pytest.raises(SystemExit) as exit_info:
             finetune(base, folder, out, "--resume", *flags, steps=4)
         err = capsys.readouterr().err
@@ -170,7 +177,8 @@ def test_merge_saves_the_merged_weights(base, folder, tmp_path):
     out = tmp_path / "merged"
     finetune(base, folder, out, "--lora-rank", "2", "--lora-alpha", "8", "--merge", steps=3)
     ckpt = torch.load(out / "lm.pt", weights_only=True)
-    assert ckpt["lora"] is None and ckpt["optimizer"] is None and "transformer.blocks.0.ffn.0.weight" in ckpt["model"]
+    assert ckpt["lora"] is None and not (out / "optimizer.pt").exists()
+    assert "transformer.blocks.0.ffn.0.weight" in ckpt["model"]
     model = MusicGen.load(out)
     torch.testing.assert_close(model.lm.state_dict()["transformer.blocks.0.ffn.0.weight"],
                                ckpt["model"]["transformer.blocks.0.ffn.0.weight"])
