@@ -199,9 +199,9 @@ def seconds_per_step(preset: "Preset", device, steps: int = 3) -> dict:
     return dict(codec=(timed["codec warm-up"], timed["codec"]), lm=timed["lm"])
 
 
-def announce(preset: "Preset", stages: list, device, out: Path) -> float:
-    """Print how long the stages' steps will take here and what the run writes; returns the seconds."""
-    per_step = seconds_per_step(preset, device)
+def announce(preset: "Preset", stages: list, per_step: dict, out: Path) -> float:
+    """Print how long the stages' steps will take at `per_step` (seconds_per_step's) and what the run
+    writes; returns the seconds."""
     warmup = round(preset.codec_quantizer_warmup * preset.codec_steps)
     seconds = {"codec": warmup * per_step["codec"][0] + (preset.codec_steps - warmup) * per_step["codec"][1],
                "lm": preset.lm_steps * per_step["lm"]}
@@ -481,7 +481,8 @@ def run(args, rank):
     preset = PRESETS[args.preset or ("tiny" if not finetune else "finetune-lora" if args.lora_rank else "finetune")]
     if finetune:
         args.stage = "lm"
-        preset = replace(preset, lm=replace(preset.lm, **finetune.lm_changes))  # the page's diff from the paper
+        # The published LM is LMConfig()'s (30 s windows) but for these fields: the data check and the page's diff.
+        preset = replace(preset, lm=replace(LMConfig(), **finetune.lm_changes))
     overrides = {}
     for stage in (["codec", "lm"] if args.stage == "all" else [args.stage]):
         if args.max_steps is not None:
@@ -520,7 +521,7 @@ def run(args, rank):
     stages = ["codec", "lm"] if args.stage == "all" else [args.stage]
     estimate = None
     if rank.main and not finetune and sum(getattr(preset, stage + "_steps") for stage in stages) >= 100:
-        estimate = announce(preset, stages, device, out)  # a few seconds; a short run needs no forecast
+        estimate = announce(preset, stages, seconds_per_step(preset, device), out)  # a short run needs none
     common = dict(seed=args.seed, device=device, resume=args.resume, eval_every=args.eval_every, rank=rank,
                   micro_batch=args.micro_batch, workers=args.workers)
     if args.stage in ("codec", "all"):

@@ -2,6 +2,7 @@
 and every bad-input case of generate.py (one line on stderr, exit code 2)."""
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,16 @@ def test_the_papers_codec_training_is_one_switch_away(dataset, tmp_path, changes
     assert ckpt["step"] == 2 and ckpt["config"]["spectral"] == codec_cfg.spectral
     if codec_cfg.adversarial:
         assert "discriminator" in ckpt and "disc_optimizer" in ckpt
+
+
+def test_the_run_forecasts_its_steps_from_timed_steps(capsys):
+    """train.py times a few steps of both models before a long run and says how long the steps will take:
+    the steps' count times the timed seconds, the codec's warm-up and quantized phases apart."""
+    preset = replace(train.TINY, codec_batch=2, lm_batch=2, codec_steps=200, lm_steps=100)
+    timed = train.seconds_per_step(preset, "cpu", steps=1)
+    assert all(t > 0 for t in (*timed["codec"], timed["lm"]))
+    seconds = train.announce(preset, ["codec", "lm"], dict(codec=(0.3, 0.6), lm=1.2), Path("runs/x"))
+    assert seconds == pytest.approx(100 * 0.3 + 100 * 0.6 + 100 * 1.2)  # codec_quantizer_warmup 0.5 of 200
+    line = capsys.readouterr().out
+    assert "codec 1.5 min (200 steps), lm 2.0 min (100 steps)" in line and "runs/x/codec.pt" in line
+    assert train.announce(preset, ["lm"], dict(codec=(0.3, 0.6), lm=1.2), Path("r")) == pytest.approx(120)
