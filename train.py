@@ -194,6 +194,8 @@ def seconds_per_step(preset: "Preset", device, steps: int = 3) -> dict:
             loss.backward()
             optimizers[name.split()[0]].step()
             optimizers[name.split()[0]].zero_grad(set_to_none=True)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()  # a GPU runs ahead of Python: wait for the step to end
             times.append(time.perf_counter() - began)
         timed[name] = sorted(times[1:])[len(times[1:]) // 2]
     return dict(codec=(timed["codec warm-up"], timed["codec"]), lm=timed["lm"])
