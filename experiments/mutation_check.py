@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = ["tests/test_known_answers.py", "tests/test_autotune.py", "tests/test_fast_paths.py", "tests/test_patterns.py", "tests/test_rvq.py", "tests/test_transformer.py",
-         "tests/test_musicgen.py", "tests/test_encodec.py", "tests/test_train.py"]
+         "tests/test_musicgen.py", "tests/test_encodec.py", "tests/test_train.py", "tests/test_lora.py",
+         "tests/test_finetune.py"]
 
 MUTANTS = [
     # sampler (§3)
@@ -85,6 +86,16 @@ MUTANTS = [
      "y = torch.mm(weight, rows.t()).reshape(rows.shape[0], -1)"),
     ("autotune-keeps-the-slowest", "autotune.py", 'return {"choice": min(best, key=best.get)',
      'return {"choice": max(best, key=best.get)'),
+    # fine-tuning a published model: LoRA, the frozen T5, the null text, the run's base, resume
+    ("lora-merge-unscaled", "lora.py", "self.base.weight + self.scaling * (self.lora_B @ self.lora_A)",
+     "self.base.weight + self.lora_B @ self.lora_A"),
+    ("finetune-t5-trains", "lm.py", "self.t5 = T5Encoder(cfg).requires_grad_(False)", "self.t5 = T5Encoder(cfg)"),
+    ("null-text-keeps-t5-eos", "conditioners.py",
+     "return ids, mask & torch.tensor([d != \"\" for d in descriptions])[:, None]", "return ids, mask"),
+    ("finetune-base-change-unchecked", "published/finetune.py", "if cached_checksum(folder.resolve()) != base[\"sha256\"]:",
+     "if False:"),
+    ("finetune-resume-without-optimizer", "stages.py", "optimizer.load_state_dict(finetune.resume(ckpt, lm, resume_path))",
+     "finetune.resume(ckpt, lm, resume_path)"),
 ]
 
 # Data-parallel faults, run against the multi-process tests (slow: torchrun, 2 processes) instead.

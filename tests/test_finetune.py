@@ -21,6 +21,7 @@ import data
 import lora
 import toy
 import train
+from conditioners import text_tokens
 from musicgen import MusicGen
 from published.finetune import FinetuneError
 
@@ -91,6 +92,16 @@ def test_a_lora_fine_tune_lowers_the_heldout_loss_and_saves_only_adapters(base, 
     # Only the adapters changed: the loaded model without its adapters is the published model.
     trained = sum(t.numel() for t in ckpt["model"].values())
     assert trained < 0.2 * sum(p.numel() for p in published.lm.parameters())
+
+
+def test_the_null_description_is_no_token_for_t5_too(base):
+    """Condition dropout's and guidance's null text is "": T5's tokenizer gives it a </s> token, which
+    must be masked, as the word tokenizer gives it none (and the reference masks an empty description)."""
+    tokenizer = MusicGen.from_pretrained(base).tokenizer
+    ids, mask = tokenizer.encode(["", "a tune"])
+    assert mask[0].any()  # T5's </s>
+    ids, mask = text_tokens(tokenizer, ["", "a tune"])
+    assert not mask[0].any() and mask[1].any()
 
 
 def test_a_fine_tuned_run_generates_with_generate_py(lora_run, tmp_path):
