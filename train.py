@@ -439,17 +439,18 @@ def parse_args(argv=None):
     tune.add_argument("--init-from", metavar="FOLDER",
                       help="start the LM stage from a published MusicGen folder (save_pretrained layout, e.g. "
                            "facebook/musicgen-small); its EnCodec and T5 stay frozen")
-    tune.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of rank R only (default 0: "
+    tune.add_argument("--lora-rank", type=int, default=0, metavar="R", help="train LoRA adapters of rank R only (default 0: "
                                                                "every LM weight but T5's)")
-    tune.add_argument("--lora-alpha", type=float, help="LoRA's alpha: the change is scaled by alpha / rank "
+    tune.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA's alpha: the change is scaled by alpha / rank "
                                                        "(default: the rank)")
-    tune.add_argument("--lora-targets", help="comma-separated projections to adapt (default: "
+    tune.add_argument("--lora-targets", metavar="NAMES", help="comma-separated projections to adapt (default: "
                                              + ",".join(lora.TARGETS) + ", those the model has)")
     tune.add_argument("--merge", action="store_true", help="fold the adapters into the weights when the run ends")
     p.add_argument("--no-samples", action="store_true",
                    help="no samples on the training page nor in OUT/samples (a fine-tune on a CPU: minutes each)")
     p.add_argument("--checkpoint-activations", action="store_true",
-                   help="recompute each decoder block in backward instead of storing it: less memory, ~1/3 more time")
+                   help="recompute each decoder block in backward instead of storing it: less memory, one more "
+                        "forward pass of time")
     p.epilog = ("Any config field too, after the preset: --lm.FIELD=V (LMConfig), --codec.FIELD=V (EncodecConfig), "
                 "--FIELD=V (Preset), e.g. --lm.dim=256 --codec.n_q=8 --lm_steps=500.")
     args, options = p.parse_known_args(argv)
