@@ -432,10 +432,10 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             save_lm_stage(resume_path, lm, tokenizer, step, optimizer, finetune)
         raise
     bar.close()
-    if rank.main:
+    if rank.main and finetune is not None and finetune.merge:  # --merge: lm.pt the merged weights, no optimizer
+        save_lm_stage(resume_path, finetune.merged(lm), tokenizer, step, None, finetune)
+    elif rank.main:
         save_lm_stage(resume_path, lm, tokenizer, step, optimizer, finetune)
-        if finetune is not None and finetune.merge:  # --merge: the adapters folded in, lm.pt the merged weights
-            save_lm_stage(resume_path, finetune.merged(lm), tokenizer, step, None, finetune)
     seconds = time.time() - started
     seconds_per_step = float(np.median(step_seconds)) if step_seconds else 0.0
     log(f"lm: {len(step_seconds)} steps, {seconds_per_step:.3g} s a step (median), peak memory "

@@ -35,7 +35,7 @@ from losses import ReconstructionLoss
 from musicgen import MusicGen
 from patterns import make_pattern
 from published.finetune import FineTune
-from published.pretrained import PretrainedError, read_config
+from published.pretrained import PretrainedError
 from stages import lm_config_for, train_codec, train_lm
 
 
@@ -396,8 +396,7 @@ def finetune_request(args) -> FineTune:
         finetune.check()
         resumed = Path(args.out) / "lm.pt"
         if args.resume and resumed.exists():  # continues this fine-tune: the same base, the same way
-            text_fusion = "prepend" if read_config(args.init_from)["model_type"] == "musicgen_melody" else "cross"
-            finetune.check_resume(read_checkpoint(resumed, "LM"), resumed, text_fusion)
+            finetune.check_resume(read_checkpoint(resumed, "LM"), resumed)
     except (PretrainedError, ValueError, FileNotFoundError) as error:  # one line naming the file or the flag
         fail(str(error))
     return finetune

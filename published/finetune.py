@@ -107,13 +107,13 @@ class FineTune:
         lm.text_encoder.t5.requires_grad_(False)
         return lm
 
-    def check_resume(self, ckpt: dict, path, text_fusion: str):
+    def check_resume(self, ckpt: dict, path):
         """A checkpoint this fine-tune can continue: fine-tuned from this base (its checksum), the same way
         (full, or LoRA with the same settings), with its optimizer state. FinetuneError, one line, if not."""
         if "base" not in ckpt:
             raise FinetuneError(f"{path}: a run trained from scratch; --init-from continues only a fine-tune")
         optimizer_state(path, ckpt["step"])
-        ours = self.lora(LMConfig(text_fusion=text_fusion))
+        ours = self.lora(LMConfig(**ckpt["config"]))  # its config says which projections the model has
         if ckpt["lora"] != ours:
             raise FinetuneError(f"{path}: fine-tuned with LoRA {ckpt['lora']}, not {ours} (give the flags it started with)")
         check_base(ckpt["base"], path, folder=self.base)
@@ -121,7 +121,7 @@ class FineTune:
     def resume(self, ckpt: dict, lm: LMModel, path) -> dict:
         """Put a fine-tune checkpoint's trained tensors into `lm` (from load_base), after check_resume;
         returns the optimizer's state (optimizer.pt)."""
-        self.check_resume(ckpt, path, lm.cfg.text_fusion)
+        self.check_resume(ckpt, path)
         load_trained(lm, ckpt["model"], path)
         return optimizer_state(path, ckpt["step"])
 

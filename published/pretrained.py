@@ -462,8 +462,8 @@ def models_from_hf(config: dict, sd: dict, chroma_sizes=None, where="weights", c
             raise ValueError(f"T5 {T5Config.from_hf(text)} is not T5's standard layout {t5_config(cfg)}")
         with init_skipped():  # every weight is about to be replaced: allocate, never write, the random ones
             lm = LMModel(replace(cfg, **(changes or {})))
-        frames = lm.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1]  # F of 30 s
-        if melody and config["chroma_length"] != frames:
+        frames = lm.chroma(torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))).shape[1] if melody else 0
+        if melody and config["chroma_length"] != frames:  # F of the published 30 s window
             raise ValueError(f"chroma_length {config['chroma_length']} is not the {frames} chroma frames "
                              f"of a {cfg.window_seconds:g} s window")
         weights = lm_state_dict_from_hf(sd)
