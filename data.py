@@ -241,11 +241,19 @@ def window_plan(frames, pool, batch, window, generator):
 
 class CodeWindows(torch.utils.data.Dataset):
     """Item (clip, start frame) of one split -> codes (K, T) int64 from the memory-mapped array and the
-    aligned melody audio (1, T · hop) read from disk (the clip's melody stem if it has one)."""
+    aligned melody audio (1, T · hop) read from disk (the clip's melody stem if it has one).
 
-    def __init__(self, folder, split, data_dir, melody_paths, sample_rate, hop, window):
+    With `chroma` (the LM's ChromaExtractor) the item's second part is the melody's chroma (F, 12)
+    instead of its audio, and each window's chroma is kept once computed: it depends on the window's
+    audio alone, and windows come back every epoch (the toy's 4 s windows of 4 s clips always start at
+    frame 0), so later epochs neither read the audio nor take its 8192-point STFT again. Up to
+    `memo_bytes` of chroma are kept; windows past that are computed each time."""
+
+    def __init__(self, folder, split, data_dir, melody_paths, sample_rate, hop, window, chroma=None,
+                 memo_bytes=2 ** 26):
         self.folder, self.split, self.data_dir, self.melody_paths = folder, split, Path(data_dir), melody_paths
         self.sample_rate, self.hop, self.window = sample_rate, hop, window
+        self.chroma, self.memo, self.memo_bytes = chroma, {}, memo_bytes
         self.codes = None  # opened on first use, in whichever process (DataLoader worker) reads
 
     def __getitem__(self, item):
@@ -254,9 +262,17 @@ class CodeWindows(torch.utils.data.Dataset):
             self.codes, self.index = open_codes(self.folder, self.split)
         first = self.index["offsets"][i] + start
         codes = torch.from_numpy(self.codes[:, first:first + self.window].astype(np.int64))  # (K, T)
+        if (i, start) in self.memo:
+            return codes, self.memo[i, start]
         melody = read_window(self.data_dir / self.melody_paths[i], self.sample_rate,
                              start * self.hop, self.window * self.hop)                # (1, T · hop)
-        return codes, melody
+        if self.chroma is None:
+            return codes, melody
+        with torch.no_grad():
+            chroma = self.chroma(melody[None])[0]                                     # (1, 1, T · hop) -> (F, 12)
+        if (len(self.memo) + 1) * chroma.numel() * chroma.element_size() <= self.memo_bytes:
+            self.memo[i, start] = chroma
+        return codes, chroma
 
 
 # ---- the LM stage's codes on disk: one memory-mapped array per split --------------------------------

@@ -160,6 +160,12 @@ class Conditions(NamedTuple):
     steps: torch.Tensor | None       # (B, S, D) added to the steps' inputs: the "sum" melody
 
 
+def chroma_extractor(cfg: LMConfig) -> ChromaExtractor:
+    """The melody's chroma extractor of an LM of `cfg` (LMModel.chroma; the LM stage's data loader
+    builds the same one, data.CodeWindows)."""
+    return ChromaExtractor(cfg.sample_rate, cfg.chroma_n_fft, cfg.chroma_hop_length, gate_silence=cfg.chroma_gate_silence)
+
+
 class LMModel(nn.Module):
     """The language model of §2.3: codebook embeddings summed, a causal transformer, K linear heads.
     (audiocraft's name for it; MusicLM is Google's model, which the paper compares against in Table 1.)"""
@@ -191,8 +197,7 @@ class LMModel(nn.Module):
                                      ("melody_fusion", cfg.melody_fusion, MELODY_FUSIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        self.chroma = ChromaExtractor(cfg.sample_rate, cfg.chroma_n_fft, cfg.chroma_hop_length,
-                                      gate_silence=cfg.chroma_gate_silence)
+        self.chroma = chroma_extractor(cfg)
         window = torch.zeros(1, 1, round(cfg.window_seconds * cfg.sample_rate))
         self.register_buffer("null_chroma", self.chroma(window), persistent=False)  # (1, F, 12)
         self.melody_frames = self.null_chroma.shape[1]  # F: the chroma frames of one window

@@ -9,8 +9,9 @@ steps train the autoencoder alone, then k-means initialises every codebook on it
 
 Stage 2. Every clip is encoded once by the frozen codec and its codes stored on disk (one memory-mapped
 array per split, data.codes_array; under torchrun the ranks share the encoding). Each step draws random
-windows of codes (B, K, T) with the aligned melody audio read from disk, builds the conditions (the text
-encoded, the chroma extracted, condition dropout for guidance), and minimises the LM's cross-entropy
+windows of codes (B, K, T) with the chroma of the aligned melody audio (read from disk and extracted the
+first time a window is drawn, data.CodeWindows), builds the conditions (the text encoded, condition
+dropout for guidance), and minimises the LM's cross-entropy
 (lm.py) with AdamW, a warm-up + cosine learning rate and gradient clipping at 1, as the paper does.
 
 Both: under torchrun every process draws the same global batch plan and trains on its slice (ddp.py);
@@ -39,7 +40,7 @@ import page
 from audio import load_audio, stack_wavs, write_audio
 from conditioners import ConditionDropout, Tokenizer, text_tokens, word_dropout
 from encodec import EncodecConfig, EncodecModel, load_codec
-from lm import LMConfig, LMModel, save_lm
+from lm import LMConfig, LMModel, chroma_extractor, save_lm
 from losses import (MSSTFTDiscriminator, ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
                     generator_adversarial_loss)
 from metrics import codec_metrics
@@ -302,7 +303,7 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
         splits[split] = dict(frames=frames, descriptions=[entries[i]["description"] for i in ids],
                              pool=torch.tensor([j for j, f in enumerate(frames) if f >= window], dtype=torch.long),
                              windows=data.CodeWindows(folder, split, data_dir, melody, codec.sample_rate,
-                                                 codec.hop_length, window))
+                                                      codec.hop_length, window, chroma=chroma_extractor(cfg)))
     short = sum(len(s["frames"]) - len(s["pool"]) for s in splits.values())
     if short:
         log(f"warning: {short} clips shorter than the {cfg.window_seconds:g} s window are skipped "
@@ -383,16 +384,16 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
             descriptions = word_dropout([train["descriptions"][i] for i, _ in plan], cfg.word_dropout, generator)
             null, drop_melody = condition_dropout.draw(len(descriptions), generator)
             descriptions, null, drop_melody = (ddp.shard(x, rank) for x in (descriptions, null, drop_melody))
-            batch_codes, melody = next(batches)  # (B / ranks, K, T), (B / ranks, 1, T · hop)
+            batch_codes, chroma = next(batches)  # (B / ranks, K, T), (B / ranks, F, 12)
             pieces = ddp.micro_batches(list(range(len(descriptions))), micro_batch)
             loss_sum, per_codebook_sum = 0.0, 0.0
             for j, piece in enumerate(pieces):
                 # Gradients add up over the micro-batches; DDP averages them over the ranks on the last one.
                 sync = ddp.sync_gradients(model, last=j == len(pieces) - 1)
-                ids, mask, chroma = batch_conditions(lm, tokenizer, [descriptions[i] for i in piece], melody[piece],
-                                                     condition_dropout, (null[piece], drop_melody[piece]))
+                ids, mask, piece_chroma = batch_conditions(lm, tokenizer, [descriptions[i] for i in piece], chroma[piece],
+                                                           condition_dropout, (null[piece], drop_melody[piece]))
                 with sync, autocast:
-                    loss, per_codebook = model(batch_codes[piece].to(device), ids, mask, chroma)
+                    loss, per_codebook = model(batch_codes[piece].to(device), ids, mask, piece_chroma)
                     (loss * len(piece) / len(descriptions)).backward()
                 loss_sum = loss_sum + loss.detach().float() * len(piece) / len(descriptions)
                 per_codebook_sum = per_codebook_sum + per_codebook.float() * len(piece) / len(descriptions)
@@ -479,11 +480,12 @@ def page_prompts(data_dir, sample_rate) -> dict:
                 melody_description=clips[-1].description)
 
 
-def batch_conditions(lm, tokenizer, descriptions, melody, condition_dropout=None, dropped=None):
-    """Descriptions + melody audio → token ids (B, L), mask (B, L), chroma (B, F, 12) on the LM's device;
-    with `dropped` (this rank's slice of the condition-dropout draws) the dropped conditions are nulled."""
+def batch_conditions(lm, tokenizer, descriptions, chroma, condition_dropout=None, dropped=None):
+    """Descriptions + the melody's chroma (B, F, 12) → token ids (B, L), mask (B, L), chroma (B, F, 12) on
+    the LM's device; with `dropped` (this rank's slice of the condition-dropout draws) the dropped
+    conditions are nulled."""
     device = lm.null_chroma.device
-    chroma = lm.chroma(melody.to(device))  # (B, 1, N) -> (B, F, 12)
+    chroma = chroma.to(device)
     if dropped is not None:
         descriptions, chroma = condition_dropout(descriptions, chroma, null_chroma=lm.null_chroma, dropped=dropped)
     ids, mask = text_tokens(tokenizer, descriptions)
@@ -502,8 +504,8 @@ def evaluate_lm(objective, tokenizer, split, pool, window, batch_size, autocast=
     total, count = torch.zeros(lm.cfg.n_q), 0
     for start in range(0, len(plan), batch_size):
         items = plan[start:start + batch_size]
-        batch_codes, melody = (torch.stack(x) for x in zip(*(split["windows"][item] for item in items)))
-        ids, mask, chroma = batch_conditions(lm, tokenizer, [split["descriptions"][i] for i, _ in items], melody)
+        batch_codes, chroma = (torch.stack(x) for x in zip(*(split["windows"][item] for item in items)))
+        ids, mask, chroma = batch_conditions(lm, tokenizer, [split["descriptions"][i] for i, _ in items], chroma)
         with autocast:
             _, per_codebook = objective(batch_codes.to(lm.null_chroma.device), ids, mask, chroma)
         total += per_codebook.float().cpu() * len(items)

@@ -178,6 +178,7 @@ def seconds_per_step(preset: "Preset", device, steps: int = 3) -> dict:
     lm = LMModel(lm_config_for(codec, preset.lm, text_vocab_size=64)).to(device)
     codes = torch.randint(0, codec.codebook_size, (preset.lm_batch, codec.n_q, lm.cfg.window_frames), device=device)
     melody = 0.1 * torch.randn(preset.lm_batch, 1, lm.cfg.window_frames * codec.hop_length, device=device)
+    chroma = lm.chroma(melody)  # (B, 1, N) -> (B, F, 12): once, as the stage's loader keeps each window's
     ids, mask = torch.randint(1, 64, (preset.lm_batch, 12), device=device), torch.ones(preset.lm_batch, 12, dtype=torch.bool, device=device)
     optimizers = {"codec": torch.optim.Adam(codec.parameters(), lr=0.0), "lm": torch.optim.AdamW(lm.parameters(), lr=0.0)}
     timed = {}
@@ -187,7 +188,7 @@ def seconds_per_step(preset: "Preset", device, steps: int = 3) -> dict:
             began = time.perf_counter()
             if name == "lm":
                 text, text_mask = lm.encode_text(ids, mask)  # (B, L) -> (B, L, D)
-                loss = lm.compute_loss(codes, text, text_mask, lm.chroma(melody))[0]
+                loss = lm.compute_loss(codes, text, text_mask, chroma)[0]
             else:
                 recon, _, commitment = codec(wav, quantize=name == "codec")  # (B, 1, crop) -> (B, 1, crop)
                 loss = reconstruction_loss(wav, recon, commitment)[0]

@@ -223,7 +223,8 @@ def test_bad_fine_tune_flags_are_refused_before_any_work(base, folder, tmp_path,
     assert not (tmp_path / "x" / "lm.pt").exists()
 
 
-def test_lora_flags_without_a_base_and_a_missing_base_are_refused(tmp_path, capsys):
+def test_lora_flags_without_a_base_and_a_missing_base_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/toy here, whether or not the checkout has built one
     for argv, message in ((["--lora-rank", "4"], "add --init-from"),
                           (["--init-from", str(tmp_path), "--data", "data/toy"], "needs --data DIR"),
                           (["--init-from", str(tmp_path / "nothing"), "--data", str(tmp_path)], "config.json: missing")):

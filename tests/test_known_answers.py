@@ -13,7 +13,7 @@ import data
 import losses as discriminator
 import musicgen
 import musicgen as sampling
-from conditioners import ConditionDropout, Tokenizer
+from conditioners import ChromaExtractor, ConditionDropout, Tokenizer
 from lm import LMConfig, LMModel
 from musicgen import MusicGen, generate_codes, sample_next_tokens
 from rvq import VectorQuantizer
@@ -182,6 +182,35 @@ def test_training_windows_take_the_melody_of_the_same_frames(tmp_path):
         start = item[1]
         assert crop[0].tolist() == list(range(start, start + window))
         assert (audio[0] * 2 ** 20).tolist() == list(range(start * hop, (start + window) * hop))
+
+
+def test_training_windows_keep_the_chroma_of_each_window(tmp_path):
+    """With the LM's chroma extractor a window comes with the chroma of its melody audio, equal to the
+    extractor on the audio read; once computed it is kept (the file is not read again: it may go), and
+    with no memory for it every draw reads the file again."""
+    hop, window, sr = 160, 100, 16000
+    t = torch.arange(120 * hop) / sr
+    sf.write(tmp_path / "0.wav", (0.5 * torch.sin(2 * math.pi * 440 * t) * (t < 0.5)).numpy(), sr, subtype="FLOAT")
+    codes = data.codes_array(tmp_path, "train", shape=(1, 120))
+    codes[:] = np.arange(120)[None]
+    codes.flush()
+    data.write_json_atomic(tmp_path / "index.json", {"train": {"entries": [0], "offsets": [0, 120]}})
+    extractor = ChromaExtractor(sr, 4096, 1024, gate_silence=True)
+    audio = CodeWindows(tmp_path, "train", tmp_path, ["0.wav"], sr, hop, window)
+    kept = CodeWindows(tmp_path, "train", tmp_path, ["0.wav"], sr, hop, window, chroma=extractor)
+    unkept = CodeWindows(tmp_path, "train", tmp_path, ["0.wav"], sr, hop, window, chroma=extractor, memo_bytes=0)
+    items = [(0, 0), (0, 20)]
+    expected = [extractor(audio[item][1][None])[0] for item in items]
+    assert not torch.equal(*expected)  # the A stops at 0.5 s: the two windows differ
+    for item, chroma in zip(items, expected):
+        assert torch.equal(kept[item][1], chroma) and torch.equal(unkept[item][1], chroma)
+        assert chroma[0].argmax() == 9  # A
+    (tmp_path / "0.wav").unlink()
+    for item, chroma in zip(items, expected):
+        got_codes, got = kept[item]
+        assert torch.equal(got, chroma) and got_codes[0].tolist() == list(range(item[1], item[1] + window))
+    with pytest.raises(data.DataError):
+        unkept[items[0]]
 
 
 # ---- the learning-rate schedule ------------------------------------------------------------------------
