@@ -205,44 +205,15 @@ def _read_window(path, sample_rate, start, length):
 
 
 class Windows(torch.utils.data.Dataset):
-    """The windows a batch plan names: item (path, start, length) -> (1, length) at `sample_rate`. A DataLoader
-    with workers reads the next steps' windows while this one trains.
+    """The windows a batch plan names, read from disk when asked: item (path, start, length) -> (1, length)
+    at `sample_rate`. A DataLoader with workers reads the next steps' windows while this one trains."""
 
-    A mono 16-bit file at `sample_rate` (every toy clip) is read whole the first time and kept as int16
-    samples, up to `keep_bytes` in all (each worker process keeps its own): later crops of it are slices,
-    equal to what read_window returns (soundfile's float32 of a 16-bit sample is sample / 32768). Other
-    files, and those past the budget, are read from disk each time."""
-
-    def __init__(self, data_dir, sample_rate, keep_bytes=2 ** 28):
-        self.data_dir, self.sample_rate, self.keep_bytes = Path(data_dir), sample_rate, keep_bytes
-        self.kept, self.kept_bytes = {}, 0  # path -> (N,) int16, or None for a file read each time
+    def __init__(self, data_dir, sample_rate):
+        self.data_dir, self.sample_rate = Path(data_dir), sample_rate
 
     def __getitem__(self, item):
         path, start, length = item
-        if path not in self.kept:
-            self.kept[path] = self.read_whole(self.data_dir / path)
-        clip = self.kept[path]
-        if clip is None:
-            return read_window(self.data_dir / path, self.sample_rate, start, length)
-        window = np.zeros(length, dtype=np.float32)           # zero-padded past the clip's end
-        piece = clip[start:start + length]
-        window[:len(piece)] = piece.astype(np.float32) / 32768
-        return torch.from_numpy(window)[None]                 # (length,) -> (1, length)
-
-    def read_whole(self, path):
-        """The file's samples as int16 (N,) if it is mono, 16-bit, at our rate and fits the budget; else None."""
-        try:
-            info = sf.info(path)
-            size = info.frames * 2
-            if (info.samplerate, info.channels, info.subtype) != (self.sample_rate, 1, "PCM_16") \
-                    or self.kept_bytes + size > self.keep_bytes:
-                return None
-            clip, _ = sf.read(path, dtype="int16")
-        except Exception as error:  # as read_window: whatever the file became, one line
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-            raise DataError(f"{path}: cannot be read any more ({reason})") from None
-        self.kept_bytes += size
-        return clip
+        return read_window(self.data_dir / path, self.sample_rate, start, length)
 
 
 def plan_loader(dataset, plans, workers=0):

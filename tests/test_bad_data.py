@@ -184,7 +184,6 @@ def test_a_file_that_changes_on_disk_mid_run_saves_the_checkpoint_and_ends_in_on
             raise RuntimeError("Error opening file: Format not recognised.")
         return read_window(path, *args)
     monkeypatch.setattr(data, "_read_window", changing)
-    monkeypatch.setattr(data.Windows, "read_whole", lambda self, path: None)  # every crop read from disk
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         train.main(["--data", str(folder), "--out", str(out), "--stage", "codec", "--max-steps", "5",

@@ -184,26 +184,6 @@ def test_training_windows_take_the_melody_of_the_same_frames(tmp_path):
         assert (audio[0] * 2 ** 20).tolist() == list(range(start * hop, (start + window) * hop))
 
 
-def test_codec_crops_of_a_kept_clip_equal_the_crops_read_from_disk(tmp_path):
-    """A mono 16-bit clip at the codec's rate is kept in memory: its crops (inside it and past its end)
-    equal read_window's, and still come once the file is gone. A float file, and a 16-bit one past the
-    budget, are read from disk each time."""
-    rng = np.random.default_rng(0)
-    for name, subtype in (("a.wav", "PCM_16"), ("b.wav", "FLOAT"), ("c.wav", "PCM_16")):
-        sf.write(tmp_path / name, rng.uniform(-1, 1, 1000).astype(np.float32), 8000, subtype=subtype)
-    windows = data.Windows(tmp_path, 8000, keep_bytes=2500)  # room for one clip of 1000 int16 samples
-    items = [(name, start, 300) for name in ("a.wav", "b.wav", "c.wav") for start in (0, 450, 900)]
-    expected = [data.read_window(tmp_path / path, 8000, start, length) for path, start, length in items]
-    assert all(torch.equal(windows[item], crop) for item, crop in zip(items, expected))
-    assert windows.kept["a.wav"] is not None and windows.kept["b.wav"] is None and windows.kept["c.wav"] is None
-    assert expected[2][0, 100:].abs().sum() == 0 and expected[2][0, :100].abs().sum() > 0  # zero-padded
-    for name in ("a.wav", "b.wav"):
-        (tmp_path / name).unlink()
-    assert all(torch.equal(windows[item], crop) for item, crop in zip(items[:3], expected[:3]))
-    with pytest.raises(data.DataError):
-        windows[items[3]]
-
-
 def test_training_windows_keep_the_chroma_of_each_window(tmp_path):
     """With the LM's chroma extractor a window comes with the chroma of its melody audio, equal to the
     extractor on the audio read; once computed it is kept (the file is not read again: it may go), and
