@@ -11,8 +11,8 @@ Stage 2. Every clip is encoded once by the frozen codec and its codes stored on 
 array per split, data.codes_array; under torchrun the ranks share the encoding). Each step draws random
 windows of codes (B, K, T) with the chroma of the aligned melody audio (read from disk and extracted the
 first time a window is drawn, data.CodeWindows), builds the conditions (the text encoded, condition
-dropout for guidance), and minimises the LM's cross-entropy
-(lm.py) with AdamW, a warm-up + cosine learning rate and gradient clipping at 1, as the paper does.
+dropout for guidance), and minimises the LM's cross-entropy (lm.py) with AdamW, a warm-up + cosine
+learning rate and gradient clipping at 1, as the paper does.
 
 Both: under torchrun every process draws the same global batch plan and trains on its slice (ddp.py);
 the RVQ keeps its codebooks equal across processes by itself (rvq.py); rank 0 alone logs, evaluates
