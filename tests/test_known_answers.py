@@ -200,7 +200,8 @@ def test_training_windows_keep_the_chroma_of_each_window(tmp_path):
     kept = CodeWindows(tmp_path, "train", tmp_path, ["0.wav"], sr, hop, window, chroma=extractor)
     unkept = CodeWindows(tmp_path, "train", tmp_path, ["0.wav"], sr, hop, window, chroma=extractor, memo_bytes=0)
     items = [(0, 0), (0, 20)]
-    expected = [extractor(audio[item][1][None])[0] for item in items]
+    wavs = [audio[item][1] for item in items]  # (1, T · hop) each
+    expected = [extractor(wav[None])[0] for wav in wavs]
     assert not torch.equal(*expected)  # the A stops at 0.5 s: the two windows differ
     for item, chroma in zip(items, expected):
         assert torch.equal(kept[item][1], chroma) and torch.equal(unkept[item][1], chroma)
@@ -211,6 +212,9 @@ def test_training_windows_keep_the_chroma_of_each_window(tmp_path):
         assert torch.equal(got, chroma) and got_codes[0].tolist() == list(range(item[1], item[1] + window))
     with pytest.raises(data.DataError):
         unkept[items[0]]
+    # Computed one window at a time, as the loader does, a batch's chroma is the batched one, exactly.
+    batch = torch.stack(wavs + [0.3 * torch.randn(1, window * hop)])  # (3, 1, T · hop)
+    assert torch.equal(torch.stack([extractor(wav[None])[0] for wav in batch]), extractor(batch))
 
 
 # ---- the learning-rate schedule ------------------------------------------------------------------------
