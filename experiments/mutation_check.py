@@ -94,6 +94,8 @@ MUTANTS = [
      "return ids, mask & torch.tensor([d != \"\" for d in descriptions])[:, None]", "return ids, mask"),
     ("finetune-base-change-unchecked", "published/finetune.py", "if cached_checksum(folder.resolve()) != base[\"sha256\"]:",
      "if False:"),
+    # the LM stage's kept chroma (data.CodeWindows)
+    ("chroma-memo-keyed-by-clip", "data.py", "            self.memo[i, start] = chroma", "            self.memo[i, 0] = chroma"),
     ("finetune-resume-without-optimizer", "stages.py", "optimizer.load_state_dict(finetune.resume(ckpt, lm, resume_path))",
      "finetune.resume(ckpt, lm, resume_path)"),
 ]
