@@ -295,7 +295,7 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
     index = encode_dataset(codec, data_dir, entries, folder, rank, channels=cfg.audio_channels,
                            batch_size=32 if finetune is None else 1)
     window = cfg.window_frames
-    splits = {}
+    splits, extractor = {}, chroma_extractor(cfg)  # the LM's melody chroma, computed by the loader (once a window)
     for split in ("train", "heldout"):
         ids, offsets = index[split]["entries"], index[split]["offsets"]
         frames = np.diff(offsets).tolist()
@@ -303,7 +303,7 @@ def train_lm(out_dir, data_dir, preset, max_steps=None, seed=0, device="cpu",
         splits[split] = dict(frames=frames, descriptions=[entries[i]["description"] for i in ids],
                              pool=torch.tensor([j for j, f in enumerate(frames) if f >= window], dtype=torch.long),
                              windows=data.CodeWindows(folder, split, data_dir, melody, codec.sample_rate,
-                                                      codec.hop_length, window, chroma=chroma_extractor(cfg)))
+                                                      codec.hop_length, window, chroma=extractor))
     short = sum(len(s["frames"]) - len(s["pool"]) for s in splits.values())
     if short:
         log(f"warning: {short} clips shorter than the {cfg.window_seconds:g} s window are skipped "

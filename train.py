@@ -107,8 +107,8 @@ TINY = Preset(
     codec_lr=1e-3,               # paper: 3e-4. Why: 100x fewer steps; 2e-3 lost the melody.
     codec_quantizer_warmup=0.5,  # paper: 0. Why: codebooks fitted to an untrained encoder lose pitch.
     codec_grad_clip=10.0,        # paper: none. Why: one gradient spike once silenced the decoder.
-    lm_steps=1500,               # paper: 1M. Why: 1000 steps lost 0.05 of adherence; ~3 CPU minutes.
-    lm_batch=8,                  # paper: 192. Why: updates, not windows, limit it: 12 took 1.5x the time for no gain.
+    lm_steps=1500,               # paper: 1M. Why: fewer steps cost adherence (NOTES, "LM training steps").
+    lm_batch=8,                  # paper: 192. Why: updates, not windows per update, limit the tiny LM.
     lm_lr=2e-3,                  # paper: 1e-4. Why: tiny models take larger steps.
     lm_warmup=100,               # paper: 4000. Why: 1500 steps in all.
 )
